@@ -1,0 +1,36 @@
+"""carevision: CARE Transformer and CAS-ViT networks for careserve.
+
+`create_model(arch, task, num_classes)` builds an eval-ready module whose state_dict
+keys are the authors' (classification) or OpenMMLab's (detection, segmentation).
+"""
+from typing import Optional
+
+import torch.nn as nn
+
+from . import care, casvit  # noqa: F401  (register the backbones)
+from .registry import build_backbone, list_backbones
+from .retinanet import RetinaNet
+from .semantic_fpn import SemanticFPN
+
+TASKS = ("classification", "detection", "segmentation")
+DEFAULT_NUM_CLASSES = {"classification": 1000, "detection": 80, "segmentation": 150}
+
+__all__ = ["create_model", "list_backbones", "TASKS", "DEFAULT_NUM_CLASSES"]
+
+
+def create_model(arch: str, task: str = "classification", num_classes: Optional[int] = None) -> nn.Module:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if num_classes is None:
+        num_classes = DEFAULT_NUM_CLASSES[task]
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if task == "classification":
+        model = build_backbone(arch, num_classes=num_classes)
+    elif task == "detection":
+        model = RetinaNet(build_backbone(arch, dense=True), num_classes)
+    else:
+        model = SemanticFPN(build_backbone(arch, dense=True), num_classes)
+    model.arch = arch
+    model.task = task
+    return model.eval()

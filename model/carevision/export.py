@@ -1,0 +1,213 @@
+"""Export one model into a careserve model repository.
+
+    /usr/bin/python3 -m carevision.export --arch care_s0 --task classification --out REPO \\
+        [--name NAME] [--checkpoint FILE] [--num-classes N --labels FILE] [--input-size H W]
+
+Writes REPO/NAME/config.json, REPO/NAME/labels.txt and REPO/NAME/<version>/model.pt
+(TorchScript, frozen). The server runs torch::jit::optimize_for_inference after loading:
+PyTorch 1.13 cannot load a module saved after that pass. Before writing anything, the
+saved-and-reloaded TorchScript is run on a random batch, plain and optimised, and must
+match the eager model within 1e-4 relative.
+"""
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+from typing import List, Optional
+
+import torch
+
+from . import DEFAULT_NUM_CLASSES, TASKS, create_model, list_backbones
+from .checkpoint import CheckpointError, infer_num_classes, load_checkpoint, read_state_dict, sha256_of
+from .verify import RTOL, compare
+
+LABELS_DIR = os.path.join(os.path.dirname(__file__), "labels")
+DEFAULT_LABELS = {"classification": "imagenet1k.txt", "detection": "coco80.txt", "segmentation": "ade20k150.txt"}
+DATASET = {"classification": "imagenet", "detection": "coco", "segmentation": "ade20k"}
+HEAD_NAME = {"classification": "", "detection": "_retinanet", "segmentation": "_fpn"}
+DEFAULT_INPUT = {"classification": (224, 224), "detection": (512, 512), "segmentation": (512, 512)}
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+DEFAULT_BATCHING = {"max_batch_size": 16, "max_queue_delay_us": 2000, "queue_capacity": 256, "instances": 1}
+DETECTION_POSTPROCESS = {"score_threshold": 0.05, "iou_threshold": 0.5, "max_detections": 100}
+
+
+class ExportError(Exception):
+    pass
+
+
+def read_labels(path: str) -> List[str]:
+    with open(path, encoding="utf-8") as f:
+        labels = [line.rstrip("\n") for line in f]
+    while labels and not labels[-1].strip():
+        labels.pop()
+    if not labels or any(not label.strip() for label in labels):
+        raise ExportError(f"{path}: labels need one non-empty class name per line")
+    return labels
+
+
+def default_labels(task: str) -> List[str]:
+    return read_labels(os.path.join(LABELS_DIR, DEFAULT_LABELS[task]))
+
+
+def next_version(model_dir: str) -> int:
+    if not os.path.isdir(model_dir):
+        return 1
+    versions = [int(d) for d in os.listdir(model_dir) if d.isdigit() and int(d) > 0]
+    return max(versions, default=0) + 1
+
+
+def script_and_freeze(model: torch.nn.Module) -> torch.jit.ScriptModule:
+    return torch.jit.freeze(torch.jit.script(model.eval()))
+
+
+def verify(model, frozen, task: str, height: int, width: int, num_classes: int, batch: int = 2,
+           seed: int = 0) -> dict:
+    """Saves and reloads `frozen`, runs it plain and optimised against eager. Returns the report."""
+    buffer = io.BytesIO()
+    torch.jit.save(frozen, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    optimised = torch.jit.optimize_for_inference(torch.jit.load(io.BytesIO(buffer.getvalue())))
+    x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        eager = model(x)
+        report = {"verify_input": list(x.shape), "rtol": RTOL}
+        for name, graph in (("torchscript", loaded), ("optimized", optimised)):
+            diff, rel = compare(task, eager, graph(x), height, width, num_classes)
+            report[f"{name}_max_abs_diff"] = diff
+            report[f"{name}_max_rel_diff"] = rel
+            print(f"verify: eager vs {name}: max abs diff {diff:.3g} (relative {rel:.3g})", file=sys.stderr)
+            if not rel <= RTOL:
+                raise ExportError(f"TorchScript ({name}) output differs from eager: relative "
+                                  f"difference {rel:.3g} > {RTOL}")
+    return report
+
+
+def build_config(args, name: str, num_classes: int, weights: dict, report: dict) -> dict:
+    height, width = args.input_size
+    config = {
+        "name": name,
+        "task": args.task,
+        "architecture": args.arch,
+        "num_classes": num_classes,
+        "weights": weights,
+        "input": {"height": height, "width": width, "mean": MEAN, "std": STD},
+        "labels": "labels.txt",
+        "batching": {
+            "max_batch_size": args.max_batch_size,
+            "max_queue_delay_us": args.max_queue_delay_us,
+            "queue_capacity": args.queue_capacity,
+            "instances": args.instances,
+        },
+        "export": dict(report, torch=torch.__version__, format="torchscript-frozen"),
+    }
+    if args.task == "classification":
+        config["input"].update(resize="center_crop", crop_pct=args.crop_pct, interpolation="bicubic")
+    else:
+        config["input"].update(resize="letterbox", interpolation="bilinear")
+    if args.task == "detection":
+        config["postprocess"] = dict(DETECTION_POSTPROCESS)
+    return config
+
+
+def export(args) -> str:
+    height, width = args.input_size
+    if height <= 0 or width <= 0 or height % 32 or width % 32:
+        raise ExportError(f"--input-size {height} {width}: both must be positive multiples of 32")
+    state_dict, weights = None, {"source": "random", "seed": args.seed}
+    num_classes: Optional[int] = args.num_classes
+    if args.checkpoint:
+        state_dict = read_state_dict(args.checkpoint)
+        if num_classes is None:
+            num_classes = infer_num_classes(state_dict, args.task)
+    if num_classes is None:
+        num_classes = DEFAULT_NUM_CLASSES[args.task]
+
+    if args.labels:
+        labels = read_labels(args.labels)
+    elif num_classes == DEFAULT_NUM_CLASSES[args.task]:
+        labels = default_labels(args.task)
+    else:
+        raise ExportError(f"{num_classes} classes: pass --labels FILE (the default labels have "
+                          f"{DEFAULT_NUM_CLASSES[args.task]})")
+    if len(labels) != num_classes:
+        raise ExportError(f"{len(labels)} labels for a model of {num_classes} classes")
+
+    torch.manual_seed(args.seed)
+    model = create_model(args.arch, args.task, num_classes)
+    if state_dict is not None:
+        describe = f"{args.arch} ({args.task}, {num_classes} classes)"
+        scope = load_checkpoint(model, state_dict, args.task, args.checkpoint, describe)
+        weights = {"source": "checkpoint", "file": os.path.basename(args.checkpoint),
+                   "sha256": sha256_of(args.checkpoint), "scope": scope}
+    model.eval()
+
+    name = args.name or f"{args.arch}{HEAD_NAME[args.task]}_{DATASET[args.task] if args.labels is None else 'custom'}"
+    model_dir = os.path.join(args.out, name)
+    version = args.version or next_version(model_dir)
+    frozen = script_and_freeze(model)
+    report = verify(model, frozen, args.task, height, width, num_classes)
+
+    os.makedirs(os.path.join(model_dir, str(version)), exist_ok=True)
+    target = os.path.join(model_dir, str(version), "model.pt")
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(target), suffix=".tmp", delete=False) as tmp:
+        torch.jit.save(frozen, tmp.name)
+        os.replace(tmp.name, target)
+    torch.jit.load(target)  # the file itself loads
+    with open(os.path.join(model_dir, "labels.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(labels) + "\n")
+    config = build_config(args, name, num_classes, weights, report)
+    with open(os.path.join(model_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    if weights["source"] == "random":
+        print(f"export: WARNING {name} has random weights: its answers mean nothing "
+              "(pass --checkpoint with the authors' weights)", file=sys.stderr)
+    print(f"export: wrote {target}", file=sys.stderr)
+    return target
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m carevision.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", required=True, choices=list_backbones())
+    p.add_argument("--task", default="classification", choices=TASKS)
+    p.add_argument("--out", required=True, help="model repository directory")
+    p.add_argument("--name", help="model name (default: ARCH[_retinanet|_fpn]_DATASET)")
+    p.add_argument("--version", type=int, help="version number (default: next free one)")
+    p.add_argument("--checkpoint", help="authors' checkpoint (.pth): state_dict, or dict with "
+                                        "'model'/'state_dict'; a classification checkpoint seeds "
+                                        "the backbone of a detection/segmentation model")
+    p.add_argument("--num-classes", type=int, help="default: the checkpoint's, else 1000/80/150")
+    p.add_argument("--labels", help="class names, one per line (default: ImageNet/COCO/ADE20K)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="network input, multiples of 32 (default 224 224; 512 512 for dense tasks)")
+    p.add_argument("--crop-pct", type=float, default=0.875, help="classification center-crop ratio")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    p.add_argument("--max-batch-size", type=int, default=DEFAULT_BATCHING["max_batch_size"])
+    p.add_argument("--max-queue-delay-us", type=int, default=DEFAULT_BATCHING["max_queue_delay_us"])
+    p.add_argument("--queue-capacity", type=int, default=DEFAULT_BATCHING["queue_capacity"])
+    p.add_argument("--instances", type=int, default=DEFAULT_BATCHING["instances"])
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.input_size is None:
+        args.input_size = DEFAULT_INPUT[args.task]
+    if args.version is not None and args.version < 1:
+        print("export: error: --version must be a positive integer", file=sys.stderr)
+        return 2
+    try:
+        export(args)
+    except (ExportError, CheckpointError, OSError) as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

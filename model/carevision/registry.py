@@ -1,0 +1,26 @@
+"""Name -> constructor registry for backbones, in the manner of timm's."""
+from typing import Callable, Dict, List
+
+import torch.nn as nn
+
+_BACKBONES: Dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:
+    if name in _BACKBONES:
+        raise ValueError(f"backbone {name!r} registered twice")
+    _BACKBONES[name] = builder
+
+
+def list_backbones() -> List[str]:
+    return sorted(_BACKBONES)
+
+
+def build_backbone(name: str, **kwargs) -> nn.Module:
+    try:
+        builder = _BACKBONES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown architecture {name!r}; expected one of {', '.join(list_backbones())}"
+        ) from None
+    return builder(**kwargs)

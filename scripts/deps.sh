@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs every Debian package careserve needs to build, test and serve.
+# Idempotent: does nothing (not even apt-get update) when all are present.
+set -euo pipefail
+
+BUILD_PKGS=(
+  build-essential cmake pkg-config git
+  libtorch-dev python3-torch python3-torchvision libopenblas0-pthread
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libopencv-dev prometheus-cpp-dev libabsl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  python3-pytest python3-numpy python3-grpcio python3-protobuf python3-skimage python3-pil
+  python3-opencv
+  prometheus curl openssl
+)
+
+missing=()
+for p in "${BUILD_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "deps: installing ${missing[*]}" >&2
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,98 @@
+"""The export CLI writes a model repository entry the server can trust."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import carevision
+from carevision.export import ExportError, default_labels, script_and_freeze, verify
+from conftest import ROOT
+
+
+def run_export(*args):
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model"))
+    return subprocess.run([sys.executable, "-m", "carevision.export", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_random_classifier_export(tmp_path):
+    result = run_export("--arch", "care_s0", "--out", str(tmp_path), "--input-size", "64", "64")
+    assert result.returncode == 0, result.stderr
+    assert "random weights" in result.stderr and "max abs diff" in result.stderr
+    entry = tmp_path / "care_s0_imagenet"
+    config = json.loads((entry / "config.json").read_text())
+    assert config["task"] == "classification" and config["architecture"] == "care_s0"
+    assert config["weights"]["source"] == "random"
+    assert config["input"]["height"] == 64 and config["input"]["resize"] == "center_crop"
+    assert config["batching"]["max_batch_size"] >= 1
+    assert config["export"]["torchscript_max_rel_diff"] <= 1e-4
+    assert (entry / "labels.txt").read_text().splitlines() == default_labels("classification")
+    # the file loads, and is the eager model with the export's seed
+    graph = torch.jit.load(str(entry / "1" / "model.pt"))
+    torch.manual_seed(0)
+    eager = carevision.create_model("care_s0")
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert (graph(x) - eager(x)).abs().max() <= 1e-4
+    # a second export is the next version
+    assert run_export("--arch", "care_s0", "--out", str(tmp_path), "--input-size", "64", "64").returncode == 0
+    assert (entry / "2" / "model.pt").is_file()
+
+
+def test_checkpoint_export_records_its_source(tmp_path):
+    model = carevision.create_model("casvit_xs", num_classes=3)
+    ckpt = tmp_path / "casvit_xs_3.pth"
+    torch.save({"model": model.state_dict()}, ckpt)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\n")
+    out = tmp_path / "repo"
+    result = run_export("--arch", "casvit_xs", "--out", str(out), "--checkpoint", str(ckpt),
+                        "--labels", str(labels), "--name", "pets", "--input-size", "64", "96")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "pets" / "config.json").read_text())
+    assert config["num_classes"] == 3  # taken from the checkpoint
+    assert config["weights"] == {"source": "checkpoint", "file": "casvit_xs_3.pth",
+                                 "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "scope": "full"}
+    graph = torch.jit.load(str(out / "pets" / "1" / "model.pt"))
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert (graph(x) - model.eval()(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input-size", "100", "64"], "multiples of 32"),
+    (["--num-classes", "7"], "pass --labels"),
+    (["--checkpoint", "/nonexistent.pth"], "no such file"),
+])
+def test_bad_exports_fail_clearly_and_write_nothing(tmp_path, args, message):
+    result = run_export("--arch", "care_s0", "--out", str(tmp_path / "repo"), *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+def test_mismatched_checkpoint_fails(tmp_path):
+    ckpt = tmp_path / "other.pth"
+    torch.save(carevision.create_model("casvit_xs").state_dict(), ckpt)
+    result = run_export("--arch", "care_s0", "--out", str(tmp_path / "repo"), "--checkpoint", str(ckpt))
+    assert result.returncode == 1
+    assert "does not fit care_s0" in result.stderr and "missing keys" in result.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+def test_verification_catches_a_wrong_graph():
+    model = carevision.create_model("casvit_xs", num_classes=10)
+    other = script_and_freeze(carevision.create_model("casvit_xs", num_classes=10))
+    with pytest.raises(ExportError, match="differs from eager"):
+        verify(model, other, "classification", 64, 64, 10)
+
+
+@pytest.mark.parametrize("task, count", [("classification", 1000), ("detection", 80), ("segmentation", 150)])
+def test_shipped_label_files(task, count):
+    labels = default_labels(task)
+    assert len(labels) == count == len(set(labels))
+    assert all(label.strip() == label and label for label in labels)
