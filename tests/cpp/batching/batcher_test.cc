@@ -52,9 +52,8 @@ class Recorder {
   // Waits (real time) until `n` batches have started.
   bool AwaitBatches(size_t n) {
     absl::MutexLock lock(&mu_);
-    return mu_.AwaitWithTimeout(absl::Condition(
-        +[](std::pair<Recorder*, size_t>* a) { return a->first->batches_.size() >= a->second; },
-        new_pair(n)), kPatience);
+    awaited_batches_ = n;
+    return mu_.AwaitWithTimeout(absl::Condition(this, &Recorder::EnoughBatches), kPatience);
   }
   std::vector<std::vector<int>> batches() {
     absl::MutexLock lock(&mu_);
@@ -66,16 +65,13 @@ class Recorder {
   }
 
  private:
-  std::pair<Recorder*, size_t>* new_pair(size_t n) {
-    pair_ = {this, n};
-    return &pair_;
-  }
+  bool EnoughBatches() const ABSL_SHARED_LOCKS_REQUIRED(mu_) { return batches_.size() >= awaited_batches_; }
   absl::Mutex mu_;
   std::vector<std::vector<int>> batches_;
   int running_ = 0, max_running_ = 0;
   bool hold_ = false;
   int release_when_running_ = 0;
-  std::pair<Recorder*, size_t> pair_;
+  size_t awaited_batches_ = 0;
 };
 
 std::unique_ptr<FakeTask> Task(int id, absl::Status* failure) {
