@@ -1,0 +1,248 @@
+// care-client: the command-line client of care-server.
+//
+//   care-client list
+//   care-client classify --image cat.jpg [--model NAME] [--top_k 5]
+//   care-client detect   --image street.jpg [--score_threshold 0.3]
+//   care-client segment  --image room.jpg [--mask_out mask.png]
+//   care-client health   [--service care.vision.v1.VisionService]
+//
+// Prints readable text, or the response as JSON with --json. Exit status: 0 on success,
+// the gRPC status code (1-16) when the server answers an error, 64 for a usage error, 66
+// when the image file cannot be read; `health` exits 1 unless the answer is SERVING.
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "care/vision/v1/vision.grpc.pb.h"
+#include "google/protobuf/util/json_util.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "opencv2/imgcodecs.hpp"
+#include "opencv2/imgproc.hpp"
+
+ABSL_FLAG(std::string, server, "localhost:50051", "care-server address, host:port.");
+ABSL_FLAG(std::string, image, "", "Image file (JPEG, PNG, BMP, WebP, TIFF).");
+ABSL_FLAG(bool, raw, false, "Decode the image here and send raw RGB pixels instead of the file.");
+ABSL_FLAG(std::string, model, "", "Model name (default: the server's default model for the task).");
+ABSL_FLAG(int64_t, model_version, 0, "Model version (0: latest).");
+ABSL_FLAG(int, top_k, 0, "classify: how many classes (0: the server's default, 5).");
+ABSL_FLAG(double, score_threshold, 0, "detect: lowest score kept (0: the model's default).");
+ABSL_FLAG(double, iou_threshold, 0, "detect: NMS overlap threshold (0: the model's default).");
+ABSL_FLAG(int, max_detections, 0, "detect: most detections (0: the model's default).");
+ABSL_FLAG(std::string, mask_out, "", "segment: write the class-index mask PNG here.");
+ABSL_FLAG(std::string, service, "", "health: service name (empty: the whole server).");
+ABSL_FLAG(bool, json, false, "Print the response as JSON.");
+ABSL_FLAG(double, timeout, 30, "Deadline of the call, in seconds.");
+
+namespace {
+
+namespace v1 = care::vision::v1;
+
+constexpr int kUsageError = 64;
+constexpr int kNoInput = 66;
+
+int Fail(const grpc::Status& status) {
+  std::fprintf(stderr, "error: %s: %s\n", absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())).c_str(),
+               status.error_message().c_str());
+  return static_cast<int>(status.error_code());
+}
+
+void SetDeadline(grpc::ClientContext* context) {
+  context->set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::microseconds(static_cast<int64_t>(absl::GetFlag(FLAGS_timeout) * 1e6)));
+}
+
+void PrintJson(const google::protobuf::Message& message) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  std::cout << json;
+}
+
+// Fills `image` from --image; returns an exit status, 0 when done.
+int LoadImage(v1::Image* image) {
+  const std::string path = absl::GetFlag(FLAGS_image);
+  if (path.empty()) {
+    std::fprintf(stderr, "error: --image FILE is required\n");
+    return kUsageError;
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "error: cannot read %s\n", path.c_str());
+    return kNoInput;
+  }
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  if (!absl::GetFlag(FLAGS_raw)) {
+    image->set_encoded(bytes.str());
+    return 0;
+  }
+  const std::string data = bytes.str();
+  cv::Mat bgr = cv::imdecode(cv::Mat(1, static_cast<int>(data.size()), CV_8UC1, const_cast<char*>(data.data())),
+                             cv::IMREAD_COLOR);
+  if (bgr.empty()) {
+    std::fprintf(stderr, "error: cannot decode %s\n", path.c_str());
+    return kNoInput;
+  }
+  v1::RawImage* raw = image->mutable_raw();
+  raw->set_width(bgr.cols);
+  raw->set_height(bgr.rows);
+  raw->set_format(v1::BGR8);
+  cv::Mat packed = bgr.isContinuous() ? bgr : bgr.clone();
+  raw->set_data(packed.data, packed.total() * packed.elemSize());
+  return 0;
+}
+
+int List(v1::VisionService::Stub* stub) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::ListModelsResponse response;
+  grpc::Status status = stub->ListModels(&context, v1::ListModelsRequest(), &response);
+  if (!status.ok()) return Fail(status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(response);
+    return 0;
+  }
+  std::printf("%-28s %-15s %-10s %-9s %7s %-8s %-10s %s\n", "MODEL", "TASK", "ARCH", "INPUT", "CLASSES", "VERSIONS",
+              "WEIGHTS", "STATUS");
+  for (const v1::ModelInfo& m : response.models()) {
+    std::printf("%-28s %-15s %-10s %-9s %7d %-8s %-10s %s\n", m.name().c_str(), m.task().c_str(),
+                m.architecture().c_str(), absl::StrCat(m.input_height(), "x", m.input_width()).c_str(),
+                m.num_classes(), absl::StrJoin(m.versions(), ",").c_str(), m.weights_source().c_str(),
+                m.ready() ? (m.error().empty() ? "ready" : ("ready; " + m.error()).c_str())
+                          : ("FAILED: " + m.error()).c_str());
+  }
+  return 0;
+}
+
+int Classify(v1::VisionService::Stub* stub) {
+  v1::ClassifyRequest request;
+  if (int rc = LoadImage(request.mutable_image())) return rc;
+  request.set_model(absl::GetFlag(FLAGS_model));
+  request.set_model_version(absl::GetFlag(FLAGS_model_version));
+  request.set_top_k(absl::GetFlag(FLAGS_top_k));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::ClassifyResponse response;
+  grpc::Status status = stub->Classify(&context, request, &response);
+  if (!status.ok()) return Fail(status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(response);
+    return 0;
+  }
+  std::printf("%s version %lld\n", response.model().c_str(), static_cast<long long>(response.model_version()));
+  int rank = 0;
+  for (const v1::Classification& c : response.classes()) {
+    std::printf("%3d. %8.4f%%  %s (class %d)\n", ++rank, 100.0 * c.score(), c.label().c_str(), c.index());
+  }
+  return 0;
+}
+
+int Detect(v1::VisionService::Stub* stub) {
+  v1::DetectRequest request;
+  if (int rc = LoadImage(request.mutable_image())) return rc;
+  request.set_model(absl::GetFlag(FLAGS_model));
+  request.set_model_version(absl::GetFlag(FLAGS_model_version));
+  request.set_score_threshold(static_cast<float>(absl::GetFlag(FLAGS_score_threshold)));
+  request.set_iou_threshold(static_cast<float>(absl::GetFlag(FLAGS_iou_threshold)));
+  request.set_max_detections(absl::GetFlag(FLAGS_max_detections));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::DetectResponse response;
+  grpc::Status status = stub->Detect(&context, request, &response);
+  if (!status.ok()) return Fail(status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(response);
+    return 0;
+  }
+  std::printf("%s version %lld: %d detections in %dx%d\n", response.model().c_str(),
+              static_cast<long long>(response.model_version()), response.detections_size(), response.image_width(),
+              response.image_height());
+  for (const v1::Detection& d : response.detections()) {
+    std::printf("  %6.3f  %-20s [%.1f, %.1f, %.1f, %.1f]\n", d.score(), d.label().c_str(), d.box().x_min(),
+                d.box().y_min(), d.box().x_max(), d.box().y_max());
+  }
+  return 0;
+}
+
+int Segment(v1::VisionService::Stub* stub) {
+  v1::SegmentRequest request;
+  if (int rc = LoadImage(request.mutable_image())) return rc;
+  request.set_model(absl::GetFlag(FLAGS_model));
+  request.set_model_version(absl::GetFlag(FLAGS_model_version));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  v1::SegmentResponse response;
+  grpc::Status status = stub->Segment(&context, request, &response);
+  if (!status.ok()) return Fail(status);
+  const std::string mask_out = absl::GetFlag(FLAGS_mask_out);
+  if (!mask_out.empty()) {
+    std::ofstream(mask_out, std::ios::binary) << response.mask_png();
+  }
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(response);
+    return 0;
+  }
+  std::printf("%s version %lld: %dx%d mask\n", response.model().c_str(),
+              static_cast<long long>(response.model_version()), response.width(), response.height());
+  for (const v1::ClassCoverage& c : response.classes()) {
+    std::printf("  %6.2f%%  %s (class %d)\n", 100.0 * c.fraction(), c.label().c_str(), c.class_index());
+  }
+  return 0;
+}
+
+int Health(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(absl::GetFlag(FLAGS_service));
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status status = stub->Check(&context, request, &response);
+  if (!status.ok()) return Fail(status);
+  if (absl::GetFlag(FLAGS_json)) {
+    PrintJson(response);
+  } else {
+    std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()).c_str());
+  }
+  return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "care-client COMMAND [flags]\n"
+      "commands: list | classify --image F | detect --image F | segment --image F | health");
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2) {
+    std::fprintf(stderr, "usage: care-client list|classify|detect|segment|health [flags] (--help for flags)\n");
+    return kUsageError;
+  }
+  const std::string command = args[1];
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxReceiveMessageSize(256 << 20);
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials(), channel_args);
+  auto stub = v1::VisionService::NewStub(channel);
+  if (command == "list") return List(stub.get());
+  if (command == "classify") return Classify(stub.get());
+  if (command == "detect") return Detect(stub.get());
+  if (command == "segment") return Segment(stub.get());
+  if (command == "health") return Health(channel);
+  std::fprintf(stderr, "error: unknown command \"%s\" (list, classify, detect, segment, health)\n", command.c_str());
+  return kUsageError;
+}

@@ -1,0 +1,209 @@
+#include "server/api/vision_service.h"
+
+#include <chrono>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "server/api/grpc_status.h"
+#include "server/common/log.h"
+#include "server/postprocess/classify.h"
+
+namespace careserve {
+
+namespace v1 = care::vision::v1;
+
+// One RPC in flight. Answer() finishes it exactly once, after recording its metrics; gRPC
+// then calls OnDone, which deletes it.
+class VisionService::Call : public grpc::ServerUnaryReactor {
+ public:
+  Call(grpc::CallbackServerContext* context, ServerMetrics* metrics, const char* method)
+      : metrics_(metrics), method_(method), start_(absl::Now()) {
+    const auto deadline = context->deadline();
+    deadline_ = deadline == std::chrono::system_clock::time_point::max() ? absl::InfiniteFuture()
+                                                                         : absl::FromChrono(deadline);
+  }
+
+  void OnCancel() override { cancelled_.store(true, std::memory_order_relaxed); }
+  void OnDone() override { delete this; }
+
+  void SetModelLabel(const std::string& model) { model_label_ = model; }
+  // The request now counts as in flight for `model` until answered.
+  void Accept(ServedModel* model) {
+    inflight_ = model->metrics->inflight;
+    inflight_->Increment();
+  }
+
+  void Answer(const absl::Status& status) {
+    metrics_->ObserveRequest(method_, model_label_, CodeName(status.code()), absl::Now() - start_);
+    if (inflight_ != nullptr) inflight_->Decrement();
+    if (!status.ok() && LogEnabled(LogLevel::kDebug)) {
+      Log(LogLevel::kDebug, "request failed",
+          {{"method", method_}, {"model", model_label_}, {"code", CodeName(status.code())},
+           {"error", std::string(status.message())}});
+    }
+    Finish(ToGrpcStatus(status));  // `this` may be deleted from here on
+  }
+
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+  const std::atomic<bool>* cancelled_flag() const { return &cancelled_; }
+  absl::Time deadline() const { return deadline_; }
+  absl::Time start() const { return start_; }
+
+ private:
+  ServerMetrics* const metrics_;
+  const char* const method_;
+  const absl::Time start_;
+  absl::Time deadline_;
+  std::string model_label_;
+  prometheus::Gauge* inflight_ = nullptr;
+  std::atomic<bool> cancelled_{false};
+};
+
+VisionService::VisionService(ServerMetrics* metrics, ThreadPool* preprocess, DecodeLimits limits)
+    : metrics_(metrics), preprocess_(preprocess), limits_(limits) {}
+
+absl::StatusOr<const ModelRepository*> VisionService::Available() const {
+  if (draining_.load()) return absl::UnavailableError("the server is shutting down; retry on another replica");
+  const ModelRepository* repository = repository_.load();
+  if (repository == nullptr) {
+    return absl::UnavailableError("the models are still loading (health reports NOT_SERVING until they are ready)");
+  }
+  return repository;
+}
+
+ServedModel* VisionService::ResolveOrAnswer(Call* call, const std::string& name, int64_t version, Task task) {
+  absl::StatusOr<const ModelRepository*> repository = Available();
+  if (!repository.ok()) {
+    call->Answer(repository.status());
+    return nullptr;
+  }
+  absl::StatusOr<ServedModel*> model = (*repository)->Resolve(name, version, task);
+  if (!model.ok()) {
+    // Label only names the repository knows: a client cannot grow the metric's series.
+    for (const auto& m : (*repository)->models()) {
+      if (m->name == name) call->SetModelLabel(name);
+    }
+    call->Answer(model.status());
+    return nullptr;
+  }
+  call->SetModelLabel((*model)->spec->name);
+  return *model;
+}
+
+void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image, Respond respond) {
+  call->Accept(model);
+  preprocess_->Schedule([this, call, model, image, respond = std::move(respond)]() mutable {
+    if (call->cancelled()) return call->Answer(absl::CancelledError("cancelled before preprocessing"));
+    const absl::Time start = absl::Now();
+    if (start >= call->deadline()) {
+      return call->Answer(absl::DeadlineExceededError(absl::StrCat(
+          "deadline passed after ", absl::FormatDuration(start - call->start()), ", before preprocessing")));
+    }
+    absl::StatusOr<cv::Mat> rgb = DecodeImage(*image, limits_);
+    if (!rgb.ok()) return call->Answer(rgb.status());
+    ResizedImage resized = ResizeForInput(*rgb, model->spec->input);
+    model->metrics->preprocess_seconds->Observe(absl::ToDoubleSeconds(absl::Now() - start));
+
+    auto done = [call, model, respond = std::move(respond)](absl::Status status, const BatchOutputs* outputs,
+                                                           int row) mutable {
+      if (status.ok()) {
+        const absl::Time post_start = absl::Now();
+        status = respond(*outputs, row);
+        model->metrics->postprocess_seconds->Observe(absl::ToDoubleSeconds(absl::Now() - post_start));
+      }
+      call->Answer(status);
+    };
+    auto request = std::make_unique<InferenceRequest>(std::move(resized), call->deadline(), call->cancelled_flag(),
+                                                      std::move(done));
+    absl::Status submitted = model->scheduler->Submit(&request);
+    if (!submitted.ok()) {
+      call->Answer(absl::Status(submitted.code(), absl::StrCat("model \"", model->spec->name, "\" version ",
+                                                               model->version, ": ", submitted.message())));
+    }
+  });
+}
+
+grpc::ServerUnaryReactor* VisionService::Classify(grpc::CallbackServerContext* context,
+                                                  const v1::ClassifyRequest* request,
+                                                  v1::ClassifyResponse* response) {
+  auto* call = new Call(context, metrics_, "Classify");
+  ServedModel* model = ResolveOrAnswer(call, request->model(), request->model_version(), Task::kClassification);
+  if (model == nullptr) return call;
+  const int num_classes = model->spec->num_classes;
+  if (request->top_k() < 0 || request->top_k() > num_classes) {
+    call->Answer(absl::InvalidArgumentError(absl::StrCat("top_k must be between 0 and ", num_classes,
+                                                         " (the model's classes; 0 means 5), got ", request->top_k())));
+    return call;
+  }
+  const int top_k = request->top_k() == 0 ? std::min(5, num_classes) : request->top_k();
+  Infer(call, model, &request->image(), [model, response, top_k](const BatchOutputs& outputs, int row) {
+    const int num_classes = model->spec->num_classes;
+    const float* logits = outputs.tensors[0].f32() + static_cast<size_t>(row) * num_classes;
+    for (int i = 0; i < num_classes; ++i) {
+      if (!std::isfinite(logits[i])) {
+        return absl::InternalError(absl::StrCat("model \"", model->spec->name, "\" produced a non-finite logit (",
+                                                logits[i], ") for class ", i));
+      }
+    }
+    response->set_model(model->spec->name);
+    response->set_model_version(model->version);
+    for (const ClassScore& c : SoftmaxTopK(logits, num_classes, top_k)) {
+      v1::Classification* out = response->add_classes();
+      out->set_index(c.index);
+      out->set_label(model->spec->labels[c.index]);
+      out->set_score(c.score);
+    }
+    return absl::OkStatus();
+  });
+  return call;
+}
+
+grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* context,
+                                                const v1::DetectRequest* request, v1::DetectResponse*) {
+  auto* call = new Call(context, metrics_, "Detect");
+  if (ResolveOrAnswer(call, request->model(), request->model_version(), Task::kDetection) != nullptr) {
+    call->Answer(absl::UnimplementedError("Detect is not implemented yet (it arrives with the dense-tasks work)"));
+  }
+  return call;
+}
+
+grpc::ServerUnaryReactor* VisionService::Segment(grpc::CallbackServerContext* context,
+                                                 const v1::SegmentRequest* request, v1::SegmentResponse*) {
+  auto* call = new Call(context, metrics_, "Segment");
+  if (ResolveOrAnswer(call, request->model(), request->model_version(), Task::kSegmentation) != nullptr) {
+    call->Answer(absl::UnimplementedError("Segment is not implemented yet (it arrives with the dense-tasks work)"));
+  }
+  return call;
+}
+
+grpc::ServerUnaryReactor* VisionService::ListModels(grpc::CallbackServerContext* context,
+                                                    const v1::ListModelsRequest*, v1::ListModelsResponse* response) {
+  auto* call = new Call(context, metrics_, "ListModels");
+  absl::StatusOr<const ModelRepository*> repository = Available();
+  if (!repository.ok()) {
+    call->Answer(repository.status());
+    return call;
+  }
+  for (const auto& m : (*repository)->models()) {
+    v1::ModelInfo* info = response->add_models();
+    info->set_name(m->name);
+    for (const auto& [version, served] : m->versions) info->add_versions(version);
+    if (m->spec.has_value()) {
+      info->set_task(TaskName(m->spec->task));
+      info->set_architecture(m->spec->architecture);
+      info->set_input_height(m->spec->input.height);
+      info->set_input_width(m->spec->input.width);
+      info->set_num_classes(m->spec->num_classes);
+      info->set_weights_source(m->spec->weights_source);
+    }
+    info->set_ready(m->ready());
+    info->set_error(absl::StrJoin(m->errors, "; "));
+  }
+  call->Answer(absl::OkStatus());
+  return call;
+}
+
+}  // namespace careserve

@@ -1,0 +1,59 @@
+// care.vision.v1.VisionService on gRPC's callback API: a thin translation from RPCs onto
+// the model repository and the schedulers. No thread is held while a request waits:
+// decoding runs on the preprocessing pool, inference on the model's executors, and the
+// answer is sent from whichever thread finishes the work.
+#pragma once
+
+#include <atomic>
+
+#include "care/vision/v1/vision.grpc.pb.h"
+#include "server/common/thread_pool.h"
+#include "server/metrics/metrics.h"
+#include "server/preprocess/image.h"
+#include "server/repository/model_repository.h"
+
+namespace careserve {
+
+class VisionService final : public care::vision::v1::VisionService::CallbackService {
+ public:
+  // `metrics` and `preprocess` must outlive the service.
+  VisionService(ServerMetrics* metrics, ThreadPool* preprocess, DecodeLimits limits);
+
+  // Until this is called, model RPCs answer UNAVAILABLE (the models are loading).
+  void SetRepository(const ModelRepository* repository) { repository_.store(repository); }
+  // From now on model RPCs answer UNAVAILABLE: the server is shutting down.
+  void StartDraining() { draining_.store(true); }
+
+  grpc::ServerUnaryReactor* Classify(grpc::CallbackServerContext* context,
+                                     const care::vision::v1::ClassifyRequest* request,
+                                     care::vision::v1::ClassifyResponse* response) override;
+  grpc::ServerUnaryReactor* Detect(grpc::CallbackServerContext* context,
+                                   const care::vision::v1::DetectRequest* request,
+                                   care::vision::v1::DetectResponse* response) override;
+  grpc::ServerUnaryReactor* Segment(grpc::CallbackServerContext* context,
+                                    const care::vision::v1::SegmentRequest* request,
+                                    care::vision::v1::SegmentResponse* response) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
+                                       const care::vision::v1::ListModelsRequest* request,
+                                       care::vision::v1::ListModelsResponse* response) override;
+
+ private:
+  class Call;
+  // Builds the answer from one request's row of the batch outputs.
+  using Respond = absl::AnyInvocable<absl::Status(const BatchOutputs& outputs, int row)>;
+
+  // The repository, or why requests cannot be served now.
+  absl::StatusOr<const ModelRepository*> Available() const;
+  // Resolves the model for `call` (setting its metrics label) or answers the call.
+  ServedModel* ResolveOrAnswer(Call* call, const std::string& name, int64_t version, Task task);
+  // Decode and resize on the pool, then batch, then `respond`, then answer.
+  void Infer(Call* call, ServedModel* model, const care::vision::v1::Image* image, Respond respond);
+
+  ServerMetrics* const metrics_;
+  ThreadPool* const preprocess_;
+  const DecodeLimits limits_;
+  std::atomic<const ModelRepository*> repository_{nullptr};
+  std::atomic<bool> draining_{false};
+};
+
+}  // namespace careserve

@@ -1,0 +1,110 @@
+#include "server/engine/torch_model.h"
+
+#include <exception>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "torch/script.h"
+#include "ATen/Parallel.h"
+#include "torch/version.h"
+
+namespace careserve {
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+struct TorchModel::Impl {
+  torch::jit::Module module;
+};
+
+TorchModel::TorchModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+TorchModel::~TorchModel() = default;
+
+namespace {
+
+// c10::Error messages carry a C++ backtrace after the first line; keep the first.
+std::string FirstLine(const char* what) {
+  std::string text(what);
+  const size_t end = text.find('\n');
+  return end == std::string::npos ? text : text.substr(0, end);
+}
+
+absl::Status AddOutput(const c10::IValue& value, std::vector<torch::Tensor>* tensors) {
+  if (!value.isTensor()) {
+    return absl::InternalError(absl::StrCat("the model returned a ", value.tagKind(), " where a tensor was expected"));
+  }
+  torch::Tensor t = value.toTensor();
+  if (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kInt64) {
+    tensors->push_back(t.contiguous());
+  } else if (t.is_floating_point()) {
+    tensors->push_back(t.to(torch::kFloat32).contiguous());
+  } else {
+    tensors->push_back(t.to(torch::kInt64).contiguous());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TorchModel>> TorchModel::Load(const std::string& path, const EngineOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  try {
+    impl->module = torch::jit::load(path, torch::kCPU);
+    impl->module.eval();
+    if (options.optimize) impl->module = torch::jit::optimize_for_inference(impl->module);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot load TorchScript ", path, ": ", FirstLine(e.what())));
+  }
+  return std::unique_ptr<TorchModel>(new TorchModel(std::move(impl)));
+}
+
+absl::StatusOr<BatchOutputs> TorchModel::Run(float* input, int batch, int height, int width) const {
+  try {
+    c10::InferenceMode inference;
+    torch::Tensor x = torch::from_blob(input, {batch, 3, height, width}, torch::kFloat32);
+    c10::IValue result = impl_->module.forward({x});
+    auto tensors = std::make_shared<std::vector<torch::Tensor>>();
+    if (result.isTuple()) {
+      for (const c10::IValue& element : result.toTupleRef().elements()) {
+        absl::Status status = AddOutput(element, tensors.get());
+        if (!status.ok()) return status;
+      }
+    } else {
+      absl::Status status = AddOutput(result, tensors.get());
+      if (!status.ok()) return status;
+    }
+    BatchOutputs out;
+    for (const torch::Tensor& t : *tensors) {
+      TensorView view;
+      view.data = t.data_ptr();
+      view.dtype = t.scalar_type() == torch::kInt64 ? DType::kInt64 : DType::kFloat32;
+      view.shape.assign(t.sizes().begin(), t.sizes().end());
+      out.tensors.push_back(std::move(view));
+    }
+    out.storage = std::move(tensors);
+    return out;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("inference failed on a batch of ", batch, " at ", height, "x", width,
+                                            ": ", FirstLine(e.what())));
+  }
+}
+
+void ConfigureTorch(int intra_op_threads, int inter_op_threads) {
+  at::globalContext().setFlushDenormal(true);
+  if (intra_op_threads > 0) at::set_num_threads(intra_op_threads);
+  // Settable once, before any inter-op work has started.
+  if (inter_op_threads > 0) {
+    try {
+      at::set_num_interop_threads(inter_op_threads);
+    } catch (const std::exception&) {
+    }
+  }
+}
+
+std::string TorchVersion() { return TORCH_VERSION; }
+
+}  // namespace careserve

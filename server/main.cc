@@ -1,0 +1,167 @@
+// care-server: serves a model repository over gRPC (care.vision.v1.VisionService, health,
+// reflection) with dynamic batching, and Prometheus metrics over HTTP.
+#include <signal.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "opencv2/core.hpp"
+#include "server/api/vision_service.h"
+#include "server/common/log.h"
+#include "server/common/thread_pool.h"
+#include "server/engine/torch_model.h"
+#include "server/metrics/metrics.h"
+#include "server/metrics/metrics_endpoint.h"
+#include "server/preprocess/image.h"
+#include "server/repository/model_repository.h"
+
+namespace {
+int Cores() { return std::max(1u, std::thread::hardware_concurrency()); }
+}  // namespace
+
+ABSL_FLAG(std::string, model_repository, "", "Model repository directory (one folder per model; see docs/service.md).");
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on for gRPC and metrics.");
+ABSL_FLAG(int, port, 50051, "gRPC port (0: any free port, logged at startup).");
+ABSL_FLAG(int, metrics_port, 9091, "Prometheus /metrics port (0: any free port; -1: no metrics endpoint).");
+ABSL_FLAG(int, intra_op_threads, 0,
+          "LibTorch intra-op threads per inference (0: one per core). LibTorch's own default here is 1.");
+ABSL_FLAG(int, inter_op_threads, 1, "LibTorch inter-op threads (the models here have no parallel branches).");
+ABSL_FLAG(int, preprocess_threads, 0, "Threads decoding and resizing images (0: one per core).");
+ABSL_FLAG(int, max_message_bytes, 64 << 20, "Largest request or response message, in bytes.");
+ABSL_FLAG(int64_t, max_image_pixels, 40'000'000, "Largest image accepted, in pixels (width x height).");
+ABSL_FLAG(int, warmup_runs, 2, "Warm-up passes per model version (batch 1 and max_batch_size) before serving.");
+ABSL_FLAG(bool, optimize_for_inference, true, "Run torch::jit::optimize_for_inference on every model after loading.");
+ABSL_FLAG(bool, strict, false, "Exit if any model or version fails to load (default: report it and serve the rest).");
+ABSL_FLAG(int, drain_seconds, 10, "On SIGTERM/SIGINT, how long in-flight requests may take to finish.");
+ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error.");
+
+namespace careserve {
+namespace {
+
+int Run() {
+  LogLevel level;
+  if (!ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    std::fprintf(stderr, "--log_level must be debug, info, warning or error\n");
+    return 2;
+  }
+  SetLogLevel(level);
+  const std::string repository_dir = absl::GetFlag(FLAGS_model_repository);
+  if (repository_dir.empty()) {
+    Log(LogLevel::kError, "--model_repository is required");
+    return 2;
+  }
+  const int intra = absl::GetFlag(FLAGS_intra_op_threads) > 0 ? absl::GetFlag(FLAGS_intra_op_threads) : Cores();
+  const int pre = absl::GetFlag(FLAGS_preprocess_threads) > 0 ? absl::GetFlag(FLAGS_preprocess_threads) : Cores();
+  const int64_t max_pixels = absl::GetFlag(FLAGS_max_image_pixels);
+  if (max_pixels < 1) {
+    Log(LogLevel::kError, "--max_image_pixels must be positive");
+    return 2;
+  }
+
+  // SIGINT/SIGTERM are taken by sigwait below; every thread started from here inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  ConfigureTorch(intra, absl::GetFlag(FLAGS_inter_op_threads));
+  cv::setNumThreads(0);  // requests are decoded in parallel on our pool, each on one thread
+  SetDecoderPixelCap(max_pixels);
+
+  ServerMetrics metrics;
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint;
+  int metrics_port = -1;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    auto endpoint = MetricsEndpoint::Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port),
+                                           {metrics.registry(), MakeProcessCollector()});
+    if (!endpoint.ok()) {
+      Log(LogLevel::kError, "cannot serve metrics", {{"error", std::string(endpoint.status().message())}});
+      return 1;
+    }
+    metrics_endpoint = std::move(*endpoint);
+    metrics_port = metrics_endpoint->port();
+  }
+
+  ThreadPool preprocess(pre);
+  VisionService service(&metrics, &preprocess, DecodeLimits{max_pixels});
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port)),
+                           grpc::InsecureServerCredentials(), &grpc_port);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || grpc_port == 0) {
+    Log(LogLevel::kError, "cannot listen for gRPC", {{"port", std::to_string(absl::GetFlag(FLAGS_port))}});
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);  // until every model is loaded and warm
+  Log(LogLevel::kInfo, "listening",
+      {{"grpc_port", std::to_string(grpc_port)},
+       {"metrics_port", std::to_string(metrics_port)},
+       {"intra_op_threads", std::to_string(intra)},
+       {"preprocess_threads", std::to_string(pre)},
+       {"torch", TorchVersion()}});
+
+  RepositoryOptions options;
+  options.strict = absl::GetFlag(FLAGS_strict);
+  options.warmup_runs = absl::GetFlag(FLAGS_warmup_runs);
+  options.engine.optimize = absl::GetFlag(FLAGS_optimize_for_inference);
+  const absl::Time load_start = absl::Now();
+  absl::StatusOr<std::unique_ptr<ModelRepository>> repository = ModelRepository::Load(repository_dir, options, &metrics);
+  if (!repository.ok()) {
+    Log(LogLevel::kError, "cannot serve the model repository", {{"error", std::string(repository.status().message())}});
+    server->Shutdown();
+    return 1;
+  }
+  int ready = 0, failed = 0;
+  for (const auto& m : (*repository)->models()) (m->ready() ? ready : failed)++;
+  service.SetRepository(repository->get());
+  health->SetServingStatus(true);
+  Log(LogLevel::kInfo, "serving",
+      {{"models_ready", std::to_string(ready)},
+       {"models_failed", std::to_string(failed)},
+       {"load_ms", std::to_string(absl::ToInt64Milliseconds(absl::Now() - load_start))}});
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  Log(LogLevel::kInfo, "draining", {{"signal", strsignal(signal)},
+                                    {"drain_seconds", std::to_string(absl::GetFlag(FLAGS_drain_seconds))}});
+  health->SetServingStatus(false);
+  // In-flight requests finish (their batches run); new ones are refused.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_drain_seconds)));
+  service.StartDraining();
+  (*repository)->Stop();
+  server->Wait();
+  Log(LogLevel::kInfo, "stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace careserve
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves CARE / CAS-ViT models over gRPC.\n"
+      "  care-server --model_repository=DIR [--port=50051] [--metrics_port=9091]");
+  absl::ParseCommandLine(argc, argv);
+  return careserve::Run();
+}

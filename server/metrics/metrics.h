@@ -1,0 +1,67 @@
+// The Prometheus metrics of the service contract (docs/service.md), registered with
+// prometheus-cpp, plus the standard process_* metrics read from /proc.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace careserve {
+
+// The per-model series, created once per model and kept (prometheus-cpp returns stable
+// references).
+struct ModelMetrics {
+  prometheus::Histogram* queue_seconds;
+  prometheus::Histogram* preprocess_seconds;
+  prometheus::Histogram* postprocess_seconds;
+  prometheus::Histogram* inference_seconds;
+  prometheus::Histogram* batch_size;
+  prometheus::Gauge* queue_depth;
+  prometheus::Gauge* inflight;
+};
+
+class ServerMetrics {
+ public:
+  ServerMetrics();
+
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  ModelMetrics* ForModel(const std::string& model);
+  // A finished RPC: care_requests_total and care_request_duration_seconds.
+  void ObserveRequest(const std::string& method, const std::string& model, const std::string& code,
+                      absl::Duration duration);
+  // care_model_info{model, version, task, architecture, weights} = 1.
+  void SetModelInfo(const std::string& model, int64_t version, const std::string& task,
+                    const std::string& architecture, const std::string& weights);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>& requests_;
+  prometheus::Family<prometheus::Histogram>& request_seconds_;
+  prometheus::Family<prometheus::Histogram>& queue_seconds_;
+  prometheus::Family<prometheus::Histogram>& preprocess_seconds_;
+  prometheus::Family<prometheus::Histogram>& postprocess_seconds_;
+  prometheus::Family<prometheus::Histogram>& inference_seconds_;
+  prometheus::Family<prometheus::Histogram>& batch_size_;
+  prometheus::Family<prometheus::Gauge>& queue_depth_;
+  prometheus::Family<prometheus::Gauge>& inflight_;
+  prometheus::Family<prometheus::Gauge>& model_info_;
+
+  absl::Mutex mu_;
+  std::map<std::string, std::unique_ptr<ModelMetrics>> models_ ABSL_GUARDED_BY(mu_);
+};
+
+// process_cpu_seconds_total, process_resident_memory_bytes, process_virtual_memory_bytes,
+// process_start_time_seconds, process_open_fds, process_max_fds, process_threads: the
+// names and meanings of the Prometheus client libraries' process collector, from /proc.
+std::shared_ptr<prometheus::Collectable> MakeProcessCollector();
+
+}  // namespace careserve

@@ -1,0 +1,118 @@
+#include "server/preprocess/image.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "opencv2/imgcodecs.hpp"
+#include "opencv2/imgproc.hpp"
+
+namespace careserve {
+namespace {
+
+using care::vision::v1::Image;
+using care::vision::v1::PixelFormat;
+using care::vision::v1::RawImage;
+
+std::string SizeText(int64_t width, int64_t height) {
+  return absl::StrCat(width, "x", height, " (", width * height, " pixels)");
+}
+
+// The format, from the file's first bytes; empty if none of those served.
+const char* SniffFormat(const std::string& bytes) {
+  auto starts = [&](absl::string_view magic, size_t at = 0) {
+    return bytes.size() >= at + magic.size() && absl::string_view(bytes).substr(at, magic.size()) == magic;
+  };
+  if (starts("\xFF\xD8\xFF")) return "JPEG";
+  if (starts("\x89PNG\r\n\x1A\n")) return "PNG";
+  if (starts("BM")) return "BMP";
+  if (starts("RIFF") && starts("WEBP", 8)) return "WebP";
+  if (starts(absl::string_view("II*\0", 4)) || starts(absl::string_view("MM\0*", 4))) return "TIFF";
+  return "";
+}
+
+absl::StatusOr<cv::Mat> DecodeEncoded(const std::string& bytes, const DecodeLimits& limits) {
+  if (bytes.empty()) return absl::InvalidArgumentError("image.encoded is empty");
+  const char* format = SniffFormat(bytes);
+  if (*format == '\0') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "image.encoded (", bytes.size(), " bytes) is not a JPEG, PNG, BMP, WebP or TIFF file"));
+  }
+  const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
+  cv::Mat bgr;
+  try {
+    // IMREAD_COLOR: 8-bit, 3 channels, EXIF orientation applied.
+    bgr = cv::imdecode(buffer, cv::IMREAD_COLOR);
+  } catch (const cv::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("image.encoded: cannot decode the ", format,
+                                                   " file (", bytes.size(), " bytes): ", e.what()));
+  }
+  if (bgr.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "image.encoded: cannot decode the ", format, " file (", bytes.size(),
+        " bytes): corrupt or truncated, or larger than the limit of ", limits.max_pixels, " pixels"));
+  }
+  if (static_cast<int64_t>(bgr.cols) * bgr.rows > limits.max_pixels) {
+    return absl::InvalidArgumentError(absl::StrCat("image is ", SizeText(bgr.cols, bgr.rows),
+                                                   ", more than the limit of ", limits.max_pixels, " pixels"));
+  }
+  cv::Mat rgb;
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  return rgb;
+}
+
+absl::StatusOr<cv::Mat> DecodeRaw(const RawImage& raw, const DecodeLimits& limits) {
+  if (raw.width() <= 0 || raw.height() <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("image.raw: width and height must be positive, got ",
+                                                   raw.width(), "x", raw.height()));
+  }
+  const int64_t pixels = static_cast<int64_t>(raw.width()) * raw.height();
+  if (pixels > limits.max_pixels) {
+    return absl::InvalidArgumentError(absl::StrCat("image is ", SizeText(raw.width(), raw.height()),
+                                                   ", more than the limit of ", limits.max_pixels, " pixels"));
+  }
+  int channels = 0;
+  switch (raw.format()) {
+    case care::vision::v1::RGB8:
+    case care::vision::v1::BGR8: channels = 3; break;
+    case care::vision::v1::GRAY8: channels = 1; break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "image.raw.format must be RGB8, BGR8 or GRAY8, got ", care::vision::v1::PixelFormat_Name(raw.format()),
+          " (", static_cast<int>(raw.format()), ")"));
+  }
+  const int64_t expected = pixels * channels;
+  if (static_cast<int64_t>(raw.data().size()) != expected) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "image.raw.data has ", raw.data().size(), " bytes; a ", raw.width(), "x", raw.height(), " ",
+        care::vision::v1::PixelFormat_Name(raw.format()), " image needs exactly ", expected));
+  }
+  const cv::Mat view(raw.height(), raw.width(), channels == 3 ? CV_8UC3 : CV_8UC1,
+                     const_cast<char*>(raw.data().data()));
+  cv::Mat rgb;
+  switch (raw.format()) {
+    case care::vision::v1::RGB8: rgb = view.clone(); break;
+    case care::vision::v1::BGR8: cv::cvtColor(view, rgb, cv::COLOR_BGR2RGB); break;
+    default: cv::cvtColor(view, rgb, cv::COLOR_GRAY2RGB); break;
+  }
+  return rgb;
+}
+
+}  // namespace
+
+absl::StatusOr<cv::Mat> DecodeImage(const Image& image, const DecodeLimits& limits) {
+  switch (image.source_case()) {
+    case Image::kEncoded: return DecodeEncoded(image.encoded(), limits);
+    case Image::kRaw: return DecodeRaw(image.raw(), limits);
+    default: return absl::InvalidArgumentError("image is missing: set image.encoded or image.raw");
+  }
+}
+
+void SetDecoderPixelCap(int64_t max_pixels) {
+  // OpenCV reads this once, at its first decode, and refuses larger images before
+  // allocating their pixels.
+  setenv("OPENCV_IO_MAX_IMAGE_PIXELS", std::to_string(max_pixels).c_str(), /*overwrite=*/1);
+}
+
+}  // namespace careserve

@@ -1,0 +1,126 @@
+#include "server/preprocess/resize.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "opencv2/imgproc.hpp"
+
+namespace careserve {
+
+absl::Status InputSpec::Validate() const {
+  if (height < 1 || width < 1 || height > 8192 || width > 8192) {
+    return absl::InvalidArgumentError(absl::StrCat("input.height and input.width must be in [1, 8192], got ",
+                                                   height, "x", width));
+  }
+  if (!(crop_pct > 0.0 && crop_pct <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("input.crop_pct must be in (0, 1], got ", crop_pct));
+  }
+  for (int c = 0; c < 3; ++c) {
+    if (!(std[c] > 0.0f) || !std::isfinite(std[c]) || !std::isfinite(mean[c])) {
+      return absl::InvalidArgumentError(absl::StrCat("input.std must be positive and input.mean finite (channel ",
+                                                     c, ": mean ", mean[c], ", std ", std[c], ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ResizeMode> ParseResizeMode(const std::string& name) {
+  if (name == "center_crop") return ResizeMode::kCenterCrop;
+  if (name == "letterbox") return ResizeMode::kLetterbox;
+  return absl::InvalidArgumentError(
+      absl::StrCat("input.resize must be \"center_crop\" or \"letterbox\", got \"", name, "\""));
+}
+
+absl::StatusOr<int> ParseInterpolation(const std::string& name) {
+  if (name == "bicubic") return static_cast<int>(cv::INTER_CUBIC);
+  if (name == "bilinear") return static_cast<int>(cv::INTER_LINEAR);
+  if (name == "nearest") return static_cast<int>(cv::INTER_NEAREST);
+  if (name == "area") return static_cast<int>(cv::INTER_AREA);
+  return absl::InvalidArgumentError(absl::StrCat(
+      "input.interpolation must be bicubic, bilinear, nearest or area, got \"", name, "\""));
+}
+
+namespace {
+
+ResizedImage CenterCrop(const cv::Mat& rgb, const InputSpec& spec) {
+  const int w = rgb.cols, h = rgb.rows;
+  const int cover_h = static_cast<int>(std::floor(spec.height / spec.crop_pct));
+  const int cover_w = static_cast<int>(std::floor(spec.width / spec.crop_pct));
+  // The side that binds gets exactly its cover size; the other keeps the aspect ratio,
+  // truncated (torchvision's Resize(int)), and never less than its own cover size.
+  int new_h, new_w;
+  if (static_cast<double>(cover_h) / h >= static_cast<double>(cover_w) / w) {
+    new_h = cover_h;
+    new_w = std::max(cover_w, static_cast<int>(static_cast<double>(w) * cover_h / h));
+  } else {
+    new_w = cover_w;
+    new_h = std::max(cover_h, static_cast<int>(static_cast<double>(h) * cover_w / w));
+  }
+  cv::Mat resized;
+  if (new_w == w && new_h == h) {
+    resized = rgb;
+  } else {
+    cv::resize(rgb, resized, cv::Size(new_w, new_h), 0, 0, spec.interpolation);
+  }
+  // torchvision's CenterCrop: int(round((size - crop) / 2.0)), Python rounding (half to even).
+  const int top = static_cast<int>(std::nearbyint((new_h - spec.height) / 2.0));
+  const int left = static_cast<int>(std::nearbyint((new_w - spec.width) / 2.0));
+  ResizedImage out;
+  out.pixels = resized(cv::Rect(left, top, spec.width, spec.height));
+  out.source_width = w;
+  out.source_height = h;
+  out.scale_x = static_cast<double>(new_w) / w;
+  out.scale_y = static_cast<double>(new_h) / h;
+  return out;
+}
+
+ResizedImage Letterbox(const cv::Mat& rgb, const InputSpec& spec) {
+  const int w = rgb.cols, h = rgb.rows;
+  const double scale = std::min(static_cast<double>(spec.height) / h, static_cast<double>(spec.width) / w);
+  const int new_w = std::clamp(static_cast<int>(std::lround(w * scale)), 1, spec.width);
+  const int new_h = std::clamp(static_cast<int>(std::lround(h * scale)), 1, spec.height);
+  ResizedImage out;
+  if (new_w == w && new_h == h) {
+    out.pixels = rgb;
+  } else {
+    cv::resize(rgb, out.pixels, cv::Size(new_w, new_h), 0, 0, spec.interpolation);
+  }
+  out.source_width = w;
+  out.source_height = h;
+  out.scale_x = scale;
+  out.scale_y = scale;
+  return out;
+}
+
+}  // namespace
+
+ResizedImage ResizeForInput(const cv::Mat& rgb, const InputSpec& spec) {
+  return spec.resize == ResizeMode::kCenterCrop ? CenterCrop(rgb, spec) : Letterbox(rgb, spec);
+}
+
+void NormalizeInto(const ResizedImage& image, const InputSpec& spec, float* chw) {
+  const int H = spec.height, W = spec.width;
+  const int rows = std::min(image.pixels.rows, H), cols = std::min(image.pixels.cols, W);
+  const size_t plane = static_cast<size_t>(H) * W;
+  float scale[3], shift[3];
+  for (int c = 0; c < 3; ++c) {
+    scale[c] = 1.0f / (255.0f * spec.std[c]);
+    shift[c] = -spec.mean[c] / spec.std[c];
+  }
+  if (rows < H || cols < W) std::memset(chw, 0, 3 * plane * sizeof(float));
+  for (int y = 0; y < rows; ++y) {
+    const uint8_t* src = image.pixels.ptr<uint8_t>(y);
+    float* r = chw + static_cast<size_t>(y) * W;
+    float* g = r + plane;
+    float* b = g + plane;
+    for (int x = 0; x < cols; ++x) {
+      r[x] = src[3 * x] * scale[0] + shift[0];
+      g[x] = src[3 * x + 1] * scale[1] + shift[1];
+      b[x] = src[3 * x + 2] * scale[2] + shift[2];
+    }
+  }
+}
+
+}  // namespace careserve

@@ -1,0 +1,52 @@
+// A model's config.json (schema: proto/careserve/config/v1/model_config.proto), read,
+// completed with its task's defaults and validated, plus its labels file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/batching/batcher.h"
+#include "server/preprocess/resize.h"
+
+namespace careserve {
+
+enum class Task { kClassification, kDetection, kSegmentation };
+
+const char* TaskName(Task task);
+absl::StatusOr<Task> ParseTask(const std::string& name);
+
+// Detection postprocessing defaults (a request's own values win).
+struct DetectionDefaults {
+  float score_threshold = 0.05f;
+  float iou_threshold = 0.5f;
+  int max_detections = 100;
+};
+
+struct ModelSpec {
+  std::string name;
+  Task task = Task::kClassification;
+  std::string architecture;
+  int num_classes = 0;
+  // "random" or "checkpoint".
+  std::string weights_source;
+  InputSpec input;
+  BatchOptions batching;
+  DetectionDefaults postprocess;
+  std::vector<std::string> labels;
+  bool is_default = false;
+};
+
+// Reads `model_dir`/config.json and its labels file. The model's name must equal the
+// directory's. Errors say which file and which field was wrong.
+absl::StatusOr<ModelSpec> ReadModelSpec(const std::string& model_dir);
+
+// Parses config.json text; `labels` are those of the labels file (its line count is the
+// default num_classes). Exposed for tests.
+absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& json, const std::vector<std::string>& labels);
+
+// The labels file: one class name per line, line i = class i; trailing empty lines ignored.
+absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path);
+
+}  // namespace careserve

@@ -1,0 +1,124 @@
+#include "server/scheduler/model_scheduler.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+
+namespace careserve {
+namespace {
+
+std::string ShapeText(const std::vector<int64_t>& shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+
+}  // namespace
+
+ModelScheduler::ModelScheduler(const ModelSpec& spec, const TorchModel* model, ModelMetrics* metrics)
+    : spec_(spec), model_(model), metrics_(metrics) {
+  batcher_ = std::make_unique<Batcher<InferenceRequest>>(spec_.batching,
+                                                         [this](Batch batch) { RunBatch(std::move(batch)); });
+}
+
+ModelScheduler::~ModelScheduler() { Stop(); }
+
+void ModelScheduler::Stop() { batcher_->Stop(); }
+
+absl::Status ModelScheduler::Submit(std::unique_ptr<InferenceRequest>* request) {
+  absl::Status status = batcher_->Submit(request);
+  metrics_->queue_depth->Set(batcher_->QueueDepth());
+  return status;
+}
+
+std::unique_ptr<std::vector<float>> ModelScheduler::TakeBuffer() {
+  {
+    absl::MutexLock lock(&buffers_mu_);
+    if (!buffers_.empty()) {
+      auto buffer = std::move(buffers_.back());
+      buffers_.pop_back();
+      return buffer;
+    }
+  }
+  return std::make_unique<std::vector<float>>(static_cast<size_t>(spec_.batching.max_batch_size) * 3 *
+                                              spec_.input.height * spec_.input.width);
+}
+
+void ModelScheduler::ReturnBuffer(std::unique_ptr<std::vector<float>> buffer) {
+  absl::MutexLock lock(&buffers_mu_);
+  buffers_.push_back(std::move(buffer));
+}
+
+void ModelScheduler::RunBatch(Batch batch) {
+  const absl::Time start = absl::Now();
+  metrics_->queue_depth->Set(batcher_->QueueDepth());
+  const int n = static_cast<int>(batch.size());
+  const size_t image_floats = static_cast<size_t>(3) * spec_.input.height * spec_.input.width;
+  std::unique_ptr<std::vector<float>> buffer = TakeBuffer();
+  for (int i = 0; i < n; ++i) {
+    metrics_->queue_seconds->Observe(absl::ToDoubleSeconds(start - batch[i].enqueued));
+    NormalizeInto(batch[i].task->image(), spec_.input, buffer->data() + i * image_floats);
+  }
+  absl::StatusOr<BatchOutputs> outputs = model_->Run(buffer->data(), n, spec_.input.height, spec_.input.width);
+  ReturnBuffer(std::move(buffer));
+  metrics_->inference_seconds->Observe(absl::ToDoubleSeconds(absl::Now() - start));
+  metrics_->batch_size->Observe(n);
+  absl::Status status = outputs.ok() ? CheckOutputs(*outputs, n) : outputs.status();
+  for (int i = 0; i < n; ++i) {
+    if (status.ok()) {
+      batch[i].task->Complete(*outputs, i);
+    } else {
+      batch[i].task->Fail(status);
+    }
+  }
+}
+
+absl::Status ModelScheduler::CheckOutputs(const BatchOutputs& outputs, int batch) const {
+  const auto& t = outputs.tensors;
+  const int64_t n = batch, c = spec_.num_classes;
+  switch (spec_.task) {
+    case Task::kClassification:
+      if (t.size() == 1 && t[0].dtype == DType::kFloat32 && t[0].shape == std::vector<int64_t>{n, c}) {
+        return absl::OkStatus();
+      }
+      return absl::InternalError(absl::StrCat("classification model ", spec_.name, " returned ", t.size(),
+                                              " tensor(s), first ", t.empty() ? "-" : ShapeText(t[0].shape),
+                                              "; expected one float tensor [", n, ", ", c, "]"));
+    case Task::kDetection:
+      if (t.size() == 3 && t[0].shape.size() == 3 && t[0].shape[0] == n && t[0].shape[2] == 4 &&
+          t[1].shape == std::vector<int64_t>{n, t[0].shape[1]} && t[2].shape == t[1].shape &&
+          t[2].dtype == DType::kInt64) {
+        return absl::OkStatus();
+      }
+      return absl::InternalError(absl::StrCat("detection model ", spec_.name,
+                                              " must return (boxes [N, K, 4], scores [N, K], labels [N, K] int64)"
+                                              " for N = ",
+                                              n, "; got ", t.size(), " tensor(s)",
+                                              t.empty() ? "" : absl::StrCat(", first ", ShapeText(t[0].shape))));
+    case Task::kSegmentation: {
+      const std::vector<int64_t> expected{n, c, spec_.input.height / 4, spec_.input.width / 4};
+      if (t.size() == 1 && t[0].dtype == DType::kFloat32 && t[0].shape == expected) return absl::OkStatus();
+      return absl::InternalError(absl::StrCat("segmentation model ", spec_.name, " returned ", t.size(),
+                                              " tensor(s), first ", t.empty() ? "-" : ShapeText(t[0].shape),
+                                              "; expected one float tensor ", ShapeText(expected)));
+    }
+  }
+  return absl::InternalError("unknown task");
+}
+
+absl::Status ModelScheduler::Warmup(int runs) {
+  std::vector<int> sizes = {1};
+  if (spec_.batching.max_batch_size > 1) sizes.push_back(spec_.batching.max_batch_size);
+  std::unique_ptr<std::vector<float>> buffer = TakeBuffer();
+  std::fill(buffer->begin(), buffer->end(), 0.0f);
+  absl::Status status;
+  for (int run = 0; run < std::max(runs, 1) && status.ok(); ++run) {
+    for (int n : sizes) {
+      absl::StatusOr<BatchOutputs> outputs = model_->Run(buffer->data(), n, spec_.input.height, spec_.input.width);
+      status = outputs.ok() ? CheckOutputs(*outputs, n) : outputs.status();
+      if (!status.ok()) break;
+    }
+  }
+  ReturnBuffer(std::move(buffer));
+  return status;
+}
+
+}  // namespace careserve
