@@ -113,7 +113,9 @@ int Run() {
     return 1;
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus(false);  // until every model is loaded and warm
+  // NOT_SERVING until every model is loaded and warm, for the server ("") and the service.
+  health->SetServingStatus(care::vision::v1::VisionService::service_full_name(), false);
+  health->SetServingStatus(false);
   Log(LogLevel::kInfo, "listening",
       {{"grpc_port", std::to_string(grpc_port)},
        {"metrics_port", std::to_string(metrics_port)},

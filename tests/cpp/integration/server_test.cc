@@ -1,0 +1,528 @@
+// care-server end to end: a real server process on a loopback port, serving a repository
+// of real exported CARE-S0 models (tests/cpp/integration/make_test_repository.sh), called
+// over gRPC like a user would.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "care/vision/v1/vision.grpc.pb.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "opencv2/imgcodecs.hpp"
+#include "opencv2/imgproc.hpp"
+#include "server/engine/torch_model.h"
+#include "server/postprocess/classify.h"
+#include "server/preprocess/image.h"
+#include "server/preprocess/resize.h"
+#include "server/repository/model_config.h"
+
+namespace careserve {
+namespace {
+
+namespace v1 = care::vision::v1;
+using grpc::StatusCode;
+
+std::string Env(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr ? "" : value;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+// HTTP GET on loopback; the body.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return "";
+  }
+  const std::string request = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+  (void)!write(fd, request.data(), request.size());
+  std::string response;
+  char buffer[65536];
+  for (ssize_t n; (n = read(fd, buffer, sizeof(buffer))) > 0;) response.append(buffer, n);
+  close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
+// The value of one sample of the exposition text; -1 if absent.
+double Sample(const std::string& metrics, const std::string& series) {
+  std::istringstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    if (line.compare(0, series.size(), series) == 0 && line.size() > series.size() && line[series.size()] == ' ') {
+      return std::stod(line.substr(series.size() + 1));
+    }
+  }
+  return -1;
+}
+
+// A care-server process on loopback, started once for the whole suite.
+class Server {
+ public:
+  void Start() {
+    const std::string binary = Env("CARE_SERVER");
+    const std::string repository = Env("CARE_TEST_REPOSITORY");
+    ASSERT_FALSE(binary.empty()) << "CARE_SERVER is not set (run through ctest)";
+    log_path_ = ::testing::TempDir() + "/care_server_test.log";
+    // Truncated before the fork: the log of an earlier run is never mistaken for this one's.
+    const int log_fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    ASSERT_GE(log_fd, 0) << log_path_;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(log_fd, 2);
+      execl(binary.c_str(), binary.c_str(), ("--model_repository=" + repository).c_str(), "--host=127.0.0.1",
+            "--port=0", "--metrics_port=0", "--intra_op_threads=2", "--drain_seconds=5", nullptr);
+      _exit(127);
+    }
+    close(log_fd);
+    // Wait for "msg=serving": every model loaded and warm.
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(180);
+    std::smatch match;
+    while (std::chrono::steady_clock::now() < give_up) {
+      const std::string log = ReadFile(log_path_);
+      static const std::regex listening("msg=listening grpc_port=(\\d+) metrics_port=(\\d+)");
+      if (grpc_port_ == 0 && std::regex_search(log, match, listening)) {
+        grpc_port_ = std::stoi(match[1]);
+        metrics_port_ = std::stoi(match[2]);
+      }
+      if (log.find("msg=serving") != std::string::npos) break;
+      int status;
+      ASSERT_EQ(waitpid(pid_, &status, WNOHANG), 0) << "care-server exited during startup:\n" << log;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ASSERT_NE(grpc_port_, 0) << ReadFile(log_path_);
+    ASSERT_NE(ReadFile(log_path_).find("msg=serving"), std::string::npos) << ReadFile(log_path_);
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(grpc_port_), grpc::InsecureChannelCredentials());
+  }
+
+  // SIGTERM: the server drains and exits 0.
+  int Stop() {
+    if (pid_ <= 0) return -1;
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+  std::shared_ptr<grpc::Channel> channel() const { return channel_; }
+  int metrics_port() const { return metrics_port_; }
+  std::string log() const { return ReadFile(log_path_); }
+
+ private:
+  pid_t pid_ = 0;
+  std::string log_path_;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+// Real photos (Debian's python3-skimage samples), cut into different crops.
+std::vector<cv::Mat> Photos() {
+  std::vector<cv::Mat> photos;
+  for (const char* name : {"astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png"}) {
+    cv::Mat bgr = cv::imread(std::string("/usr/lib/python3/dist-packages/skimage/data/") + name, cv::IMREAD_COLOR);
+    EXPECT_FALSE(bgr.empty()) << name;
+    photos.push_back(bgr);
+  }
+  return photos;
+}
+
+// Image i of the concurrency test: its own crop of a photo, in one of the accepted forms.
+v1::Image TestImage(const std::vector<cv::Mat>& photos, int i) {
+  const cv::Mat& photo = photos[i % photos.size()];
+  const int w = photo.cols / 2 + (i * 7) % (photo.cols / 3), h = photo.rows / 2 + (i * 11) % (photo.rows / 3);
+  const int x = (i * 13) % (photo.cols - w), y = (i * 5) % (photo.rows - h);
+  cv::Mat crop = photo(cv::Rect(x, y, w, h)).clone();
+  v1::Image image;
+  static const char* kFormats[] = {".png", ".jpg", ".bmp", ".webp", ".tiff", "raw"};
+  const std::string format = kFormats[i % 6];
+  if (format == "raw") {
+    image.mutable_raw()->set_width(crop.cols);
+    image.mutable_raw()->set_height(crop.rows);
+    image.mutable_raw()->set_format(v1::BGR8);
+    image.mutable_raw()->set_data(crop.data, crop.total() * crop.elemSize());
+  } else {
+    std::vector<uchar> bytes;
+    EXPECT_TRUE(cv::imencode(format, crop, bytes));
+    image.set_encoded(std::string(bytes.begin(), bytes.end()));
+  }
+  return image;
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    server_ = new Server();
+    server_->Start();
+  }
+  static void TearDownTestSuite() {
+    const int code = server_->Stop();
+    EXPECT_EQ(code, 0) << "care-server did not exit cleanly on SIGTERM:\n" << server_->log();
+    const std::string log = server_->log();
+    EXPECT_NE(log.find("msg=draining"), std::string::npos);
+    EXPECT_NE(log.find("msg=stopped"), std::string::npos);
+    delete server_;
+  }
+  void SetUp() override {
+    if (HasFatalFailure() || server_->channel() == nullptr) GTEST_SKIP() << "the server did not start";
+    stub_ = v1::VisionService::NewStub(server_->channel());
+  }
+
+  static Server* server_;
+  std::unique_ptr<v1::VisionService::Stub> stub_;
+};
+
+Server* ServerTest::server_ = nullptr;
+
+TEST_F(ServerTest, ConcurrentClassifyCallsGetTheirOwnImagesLogits) {
+  constexpr int kCalls = 64;
+  const std::vector<cv::Mat> photos = Photos();
+  std::vector<v1::ClassifyRequest> requests(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    requests[i].set_model("care_s0_cls");
+    requests[i].set_top_k(1000);
+    *requests[i].mutable_image() = TestImage(photos, i);
+  }
+  const std::string metrics_before = HttpGet(server_->metrics_port(), "/metrics");
+
+  // All 64 at once, on gRPC's callback client API.
+  std::vector<v1::ClassifyResponse> responses(kCalls);
+  std::vector<grpc::Status> statuses(kCalls);
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  absl::Mutex mu;
+  int done = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    contexts.back()->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    stub_->async()->Classify(contexts.back().get(), &requests[i], &responses[i], [&, i](grpc::Status status) {
+      absl::MutexLock lock(&mu);
+      statuses[i] = std::move(status);
+      ++done;
+    });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(
+        +[](int* d) { return *d == kCalls; }, &done));
+  }
+
+  // The reference: each image alone through the same TorchScript file (not optimised),
+  // preprocessed by the pipeline the reference tests check against Python/OpenCV.
+  const std::string repository = Env("CARE_TEST_REPOSITORY");
+  ConfigureTorch(2, 1);
+  EngineOptions plain;
+  plain.optimize = false;
+  auto model = TorchModel::Load(repository + "/care_s0_cls/1/model.pt", plain);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto spec = ReadModelSpec(repository + "/care_s0_cls");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  std::vector<std::vector<float>> expected(kCalls, std::vector<float>(1000));
+  std::vector<float> input(3 * 64 * 64);
+  for (int i = 0; i < kCalls; ++i) {
+    auto rgb = DecodeImage(requests[i].image(), DecodeLimits{});
+    ASSERT_TRUE(rgb.ok()) << rgb.status();
+    NormalizeInto(ResizeForInput(*rgb, spec->input), spec->input, input.data());
+    auto outputs = (*model)->Run(input.data(), 1, 64, 64);
+    ASSERT_TRUE(outputs.ok()) << outputs.status();
+    for (const ClassScore& c : SoftmaxTopK(outputs->tensors[0].f32(), 1000, 1000)) expected[i][c.index] = c.score;
+  }
+
+  // Relative distance between a response's probabilities and a reference's.
+  auto distance = [&](int response, int reference) {
+    double worst = 0;
+    for (const v1::Classification& c : responses[response].classes()) {
+      const double e = expected[reference][c.index()];
+      worst = std::max(worst, std::abs(c.score() - e) / e);
+    }
+    return worst;
+  };
+  constexpr double kTolerance = 1e-4;  // batched + optimised vs alone + plain TorchScript
+  for (int i = 0; i < kCalls; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
+    ASSERT_EQ(responses[i].classes_size(), 1000);
+    EXPECT_EQ(responses[i].model(), "care_s0_cls");
+    EXPECT_EQ(responses[i].model_version(), 1);
+    EXPECT_LT(distance(i, i), kTolerance) << "request " << i << " did not get its own image's answer";
+    for (int j = 0; j < kCalls; ++j) {
+      // Every other image's answer is far off: a mix-up could not hide within the tolerance.
+      if (j != i) EXPECT_GT(distance(i, j), 100 * kTolerance) << i << " vs " << j;
+    }
+  }
+
+  // Batches of more than one request really formed, and ran exactly these requests.
+  const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  const std::string model_label = "{model=\"care_s0_cls\"}";
+  auto delta = [&](const std::string& series) {
+    return Sample(metrics, series) - std::max(0.0, Sample(metrics_before, series));
+  };
+  const double batches = delta("care_batch_size_count" + model_label);
+  const double singles = delta("care_batch_size_bucket{model=\"care_s0_cls\",le=\"1\"}");
+  const double images = delta("care_batch_size_sum" + model_label);
+  EXPECT_EQ(images, kCalls);
+  EXPECT_GT(batches, 0);
+  EXPECT_LT(batches, kCalls) << "no batch held more than one request";
+  EXPECT_LT(singles, batches);
+  EXPECT_EQ(delta("care_requests_total{code=\"OK\",method=\"Classify\",model=\"care_s0_cls\"}"), kCalls);
+}
+
+TEST_F(ServerTest, BadRequestsGetTheContractsStatusCodes) {
+  v1::Image good = TestImage(Photos(), 0);
+  v1::Image garbage;
+  garbage.set_encoded("definitely not an image");
+  v1::Image truncated = good;
+  truncated.set_encoded(good.encoded().substr(0, good.encoded().size() / 3));
+
+  struct Case {
+    const char* what;
+    std::string model;
+    v1::Image image;
+    int top_k;
+    int64_t version;
+    StatusCode code;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"undecodable bytes", "care_s0_cls", garbage, 0, 0, StatusCode::INVALID_ARGUMENT, "is not a JPEG, PNG"},
+      {"truncated PNG", "care_s0_cls", truncated, 0, 0, StatusCode::INVALID_ARGUMENT, "cannot decode the PNG"},
+      {"no image", "care_s0_cls", v1::Image(), 0, 0, StatusCode::INVALID_ARGUMENT, "image is missing"},
+      {"top_k above the classes", "care_s0_cls", good, 1001, 0, StatusCode::INVALID_ARGUMENT,
+       "top_k must be between 0 and 1000"},
+      {"negative top_k", "care_s0_cls", good, -1, 0, StatusCode::INVALID_ARGUMENT, "got -1"},
+      {"unknown model", "no_such_model", good, 0, 0, StatusCode::NOT_FOUND,
+       "model \"no_such_model\" is not in the repository"},
+      {"unknown version", "care_s0_cls", good, 0, 7, StatusCode::NOT_FOUND, "has no version 7"},
+      {"detection model", "care_s0_det", good, 0, 0, StatusCode::FAILED_PRECONDITION,
+       "is a detection model, not a classification one; call Detect"},
+      {"model that failed to load", "broken_model", good, 0, 0, StatusCode::FAILED_PRECONDITION,
+       "failed to load: "},
+      {"no default among two classifiers", "", good, 0, 0, StatusCode::NOT_FOUND,
+       "serves 2 classification models (care_s0_cls, care_s0_queue1)"},
+  };
+  for (const Case& c : cases) {
+    v1::ClassifyRequest request;
+    request.set_model(c.model);
+    request.set_top_k(c.top_k);
+    request.set_model_version(c.version);
+    *request.mutable_image() = c.image;
+    grpc::ClientContext context;
+    v1::ClassifyResponse response;
+    const grpc::Status status = stub_->Classify(&context, request, &response);
+    EXPECT_EQ(status.error_code(), c.code) << c.what << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find(c.message), std::string::npos) << c.what << ": " << status.error_message();
+  }
+
+  // Detect and Segment: the model checks run; the pipelines come with the dense-tasks work.
+  {
+    grpc::ClientContext context;
+    v1::DetectRequest request;
+    request.set_model("care_s0_cls");
+    v1::DetectResponse response;
+    EXPECT_EQ(stub_->Detect(&context, request, &response).error_code(), StatusCode::FAILED_PRECONDITION);
+  }
+  {
+    grpc::ClientContext context;
+    v1::DetectRequest request;  // the only detection model is the default
+    v1::DetectResponse response;
+    EXPECT_EQ(stub_->Detect(&context, request, &response).error_code(), StatusCode::UNIMPLEMENTED);
+  }
+  {
+    grpc::ClientContext context;
+    v1::SegmentRequest request;
+    v1::SegmentResponse response;
+    const grpc::Status status = stub_->Segment(&context, request, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::NOT_FOUND);
+    EXPECT_NE(status.error_message().find("serves no segmentation model"), std::string::npos);
+  }
+
+  // And the server keeps serving.
+  v1::ClassifyRequest request;
+  request.set_model("care_s0_cls");
+  *request.mutable_image() = good;
+  grpc::ClientContext context;
+  v1::ClassifyResponse response;
+  ASSERT_TRUE(stub_->Classify(&context, request, &response).ok());
+  EXPECT_EQ(response.classes_size(), 5);  // top_k 0 -> 5
+}
+
+TEST_F(ServerTest, AFullQueueAnswersResourceExhaustedAtOnce) {
+  // care_s0_queue1: batches of one, one request may wait. A burst of raw images (no
+  // decoding to slow them) overflows it.
+  constexpr int kCalls = 48;
+  const std::vector<cv::Mat> photos = Photos();
+  std::vector<v1::ClassifyRequest> requests(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    requests[i].set_model("care_s0_queue1");
+    *requests[i].mutable_image() = TestImage(photos, 6 * i + 5);  // raw
+  }
+  std::vector<v1::ClassifyResponse> responses(kCalls);
+  std::vector<grpc::Status> statuses(kCalls);
+  std::vector<grpc::ClientContext> contexts(kCalls);
+  absl::Mutex mu;
+  int done = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    stub_->async()->Classify(&contexts[i], &requests[i], &responses[i], [&, i](grpc::Status status) {
+      absl::MutexLock lock(&mu);
+      statuses[i] = std::move(status);
+      ++done;
+    });
+  }
+  absl::MutexLock lock(&mu);
+  mu.Await(absl::Condition(+[](int* d) { return *d == kCalls; }, &done));
+  int ok = 0, exhausted = 0;
+  for (const grpc::Status& status : statuses) {
+    if (status.ok()) {
+      ++ok;
+    } else {
+      EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+      EXPECT_NE(status.error_message().find("queue full: 1 requests already waiting"), std::string::npos)
+          << status.error_message();
+      ++exhausted;
+    }
+  }
+  EXPECT_GT(exhausted, 0);
+  EXPECT_GT(ok, 0);
+}
+
+TEST_F(ServerTest, ListModelsReportsServedAndFailedModels) {
+  grpc::ClientContext context;
+  v1::ListModelsResponse response;
+  ASSERT_TRUE(stub_->ListModels(&context, v1::ListModelsRequest(), &response).ok());
+  std::map<std::string, v1::ModelInfo> models;
+  for (const v1::ModelInfo& m : response.models()) models[m.name()] = m;
+  ASSERT_EQ(models.size(), 4u);
+  const v1::ModelInfo& cls = models["care_s0_cls"];
+  EXPECT_TRUE(cls.ready());
+  EXPECT_EQ(cls.task(), "classification");
+  EXPECT_EQ(cls.architecture(), "care_s0");
+  EXPECT_EQ(cls.input_height(), 64);
+  EXPECT_EQ(cls.input_width(), 64);
+  EXPECT_EQ(cls.num_classes(), 1000);
+  EXPECT_EQ(cls.weights_source(), "random");
+  ASSERT_EQ(cls.versions_size(), 1);
+  EXPECT_EQ(cls.versions(0), 1);
+  EXPECT_EQ(cls.error(), "");
+  EXPECT_TRUE(models["care_s0_det"].ready());
+  EXPECT_EQ(models["care_s0_det"].task(), "detection");
+  EXPECT_EQ(models["care_s0_det"].num_classes(), 80);
+  const v1::ModelInfo& broken = models["broken_model"];
+  EXPECT_FALSE(broken.ready());
+  EXPECT_EQ(broken.versions_size(), 0);
+  EXPECT_NE(broken.error().find("batching.max_batch_size must be >= 1, got 0"), std::string::npos) << broken.error();
+}
+
+TEST_F(ServerTest, HealthIsServingOnceModelsAreWarm) {
+  auto health = grpc::health::v1::Health::NewStub(server_->channel());
+  for (const char* service : {"", "care.vision.v1.VisionService"}) {
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    grpc::health::v1::HealthCheckResponse response;
+    ASSERT_TRUE(health->Check(&context, request, &response).ok()) << service;
+    EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
+  }
+  grpc::ClientContext context;
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service("no.such.Service");
+  grpc::health::v1::HealthCheckResponse response;
+  EXPECT_EQ(health->Check(&context, request, &response).error_code(), StatusCode::NOT_FOUND);
+}
+
+TEST_F(ServerTest, ReflectionDescribesTheApi) {
+  auto reflection = grpc::reflection::v1alpha::ServerReflection::NewStub(server_->channel());
+  grpc::ClientContext context;
+  auto stream = reflection->ServerReflectionInfo(&context);
+  grpc::reflection::v1alpha::ServerReflectionRequest request;
+  grpc::reflection::v1alpha::ServerReflectionResponse response;
+
+  request.set_list_services("");
+  ASSERT_TRUE(stream->Write(request));
+  ASSERT_TRUE(stream->Read(&response));
+  std::vector<std::string> services;
+  for (const auto& s : response.list_services_response().service()) services.push_back(s.name());
+  EXPECT_NE(std::find(services.begin(), services.end(), "care.vision.v1.VisionService"), services.end());
+
+  request.set_file_containing_symbol("care.vision.v1.VisionService");
+  ASSERT_TRUE(stream->Write(request));
+  ASSERT_TRUE(stream->Read(&response));
+  ASSERT_GT(response.file_descriptor_response().file_descriptor_proto_size(), 0);
+  google::protobuf::FileDescriptorProto file;
+  ASSERT_TRUE(file.ParseFromString(response.file_descriptor_response().file_descriptor_proto(0)));
+  EXPECT_EQ(file.name(), "care/vision/v1/vision.proto");
+  ASSERT_EQ(file.service_size(), 1);
+  std::vector<std::string> methods;
+  for (const auto& m : file.service(0).method()) methods.push_back(m.name());
+  EXPECT_EQ(methods, (std::vector<std::string>{"Classify", "Detect", "Segment", "ListModels"}));
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(ServerTest, MetricsEndpointExportsTheContractsMetrics) {
+  // At least one request of each outcome first.
+  v1::ClassifyRequest request;
+  request.set_model("care_s0_cls");
+  request.mutable_image()->set_encoded("junk");
+  grpc::ClientContext bad_context;
+  v1::ClassifyResponse response;
+  (void)stub_->Classify(&bad_context, request, &response);
+  *request.mutable_image() = TestImage(Photos(), 3);
+  grpc::ClientContext good_context;
+  ASSERT_TRUE(stub_->Classify(&good_context, request, &response).ok());
+
+  const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  for (const char* family :
+       {"care_requests_total", "care_request_duration_seconds", "care_queue_duration_seconds",
+        "care_preprocess_duration_seconds", "care_postprocess_duration_seconds", "care_inference_duration_seconds",
+        "care_batch_size", "care_queue_depth", "care_inflight_requests", "care_model_info",
+        "process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds"}) {
+    EXPECT_NE(metrics.find(std::string("# TYPE ") + family + " "), std::string::npos) << family;
+  }
+  EXPECT_GE(Sample(metrics, R"(care_requests_total{code="INVALID_ARGUMENT",method="Classify",model="care_s0_cls"})"),
+            1);
+  EXPECT_GE(Sample(metrics, R"(care_requests_total{code="OK",method="Classify",model="care_s0_cls"})"), 1);
+  EXPECT_EQ(Sample(metrics, R"(care_model_info{architecture="care_s0",model="care_s0_cls",task="classification",)"
+                            R"(version="1",weights="random"})"),
+            1);
+  EXPECT_EQ(Sample(metrics, R"(care_inflight_requests{model="care_s0_cls"})"), 0);
+  EXPECT_GT(Sample(metrics, "process_resident_memory_bytes"), 50e6);
+  const double started = Sample(metrics, "process_start_time_seconds");
+  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  EXPECT_GT(started, now - 600);
+  EXPECT_LE(started, now + 1);
+  EXPECT_EQ(HttpGet(server_->metrics_port(), "/nothing").find("not found"), 9u);
+}
+
+}  // namespace
+}  // namespace careserve
