@@ -1,12 +1,21 @@
 # careserve: one entry point for setting up, building, testing and running.
-# `make test` installs what it needs (Debian packages), builds, and runs every test.
+#   make serve   installs what it needs, builds, exports the default model repository and
+#                starts care-server on it (gRPC :50051, metrics :9091)
+#   make test    installs what it needs, builds, and runs every test
 SHELL := /bin/bash
 PYTHON := /usr/bin/python3
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 export PYTHONPATH := $(CURDIR)/model
 
-.PHONY: deps build test test-python test-cpp profile clean
+# make serve settings
+MODEL_REPOSITORY ?= models/default
+CHECKPOINT_DIR ?=
+PORT ?= 50051
+METRICS_PORT ?= 9091
+SERVER_FLAGS ?=
+
+.PHONY: deps build repository samples serve test test-python test-cpp test-serve profile bench clean
 
 deps:
 	bash scripts/deps.sh
@@ -14,18 +23,34 @@ deps:
 build: deps
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build $(BUILD_DIR) -j$(JOBS)
+	bash scripts/sample_images.sh $(BUILD_DIR)/samples
 
-test: build test-python test-cpp
+# The default repository: CARE-S0 ImageNet classifier, random weights unless
+# CHECKPOINT_DIR holds the authors' care_s0.pth.
+repository: deps
+	bash scripts/default_repository.sh $(MODEL_REPOSITORY) $(CHECKPOINT_DIR)
+
+serve: build repository
+	$(BUILD_DIR)/care-server --model_repository=$(MODEL_REPOSITORY) --port=$(PORT) --metrics_port=$(METRICS_PORT) $(SERVER_FLAGS)
+
+test: build test-python test-cpp test-serve
 
 test-python:
 	$(PYTHON) -m pytest -q tests/python
 
 test-cpp:
-	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 300
+	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600
+
+test-serve:
+	bash scripts/serve_smoke_test.sh
 
 # Parameters, GMACs and eager-vs-TorchScript throughput of the model zoo (docs/models.md).
 profile: deps
 	$(PYTHON) -m carevision.profile
+
+# In-process engine throughput for now; the gRPC load generator and server benchmarks
+# come with the performance work (docs/benchmarks.md).
+bench: profile
 
 clean:
 	rm -rf $(BUILD_DIR)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The README's first steps, as a test: `make serve` starts the server on the default
+# repository, and `care-client classify --image <jpeg>` answers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port=${SMOKE_PORT:-50151}
+metrics_port=${SMOKE_METRICS_PORT:-9191}
+log=$(mktemp)
+# Its own repository: never touches models/default (which may hold your checkpoints).
+make --no-print-directory serve PORT="$port" METRICS_PORT="$metrics_port" MODEL_REPOSITORY=build/smoke_repository >"$log" 2>&1 &
+make_pid=$!
+cleanup() {
+  pkill -TERM -f "care-server --model_repository=.* --port=$port " 2>/dev/null || true
+  wait "$make_pid" 2>/dev/null || true
+}
+trap cleanup EXIT
+client=build/care-client
+for _ in $(seq 1 300); do
+  if "$client" health --server="localhost:$port" --timeout=1 >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$make_pid" 2>/dev/null; then echo "make serve exited:"; cat "$log"; exit 1; fi
+  sleep 1
+done
+"$client" health --server="localhost:$port"
+answer=$("$client" classify --server="localhost:$port" --image build/samples/cat.jpg)
+echo "$answer"
+grep -q "^care_s0_imagenet version 1" <<<"$answer"
+[ "$(grep -c '(class [0-9]*)' <<<"$answer")" -eq 5 ]
+# (captured first: grep -q exiting early would fail the writer under pipefail)
+models=$("$client" list --server="localhost:$port")
+grep -q "care_s0_imagenet .* random .* ready" <<<"$models"
+metrics=$(curl -sf "localhost:$metrics_port/metrics")
+grep -q '^care_model_info{.*model="care_s0_imagenet".*weights="random"} 1' <<<"$metrics"
+grep -q 'msg=serving' "$log"
+echo "serve smoke test: ok"
