@@ -30,5 +30,8 @@ models=$("$client" list --server="localhost:$port")
 grep -q "care_s0_imagenet .* random .* ready" <<<"$models"
 metrics=$(curl -sf "localhost:$metrics_port/metrics")
 grep -q '^care_model_info{.*model="care_s0_imagenet".*weights="random"} 1' <<<"$metrics"
+# The Python example client gets the same answer.
+python_answer=$(/usr/bin/python3 clients/python/care_client.py --server "localhost:$port" classify build/samples/cat.jpg)
+[ "$python_answer" = "$answer" ] || { echo "Python client answered differently:"; echo "$python_answer"; exit 1; }
 grep -q 'msg=serving' "$log"
 echo "serve smoke test: ok"
