@@ -96,12 +96,12 @@ ServedModel* VisionService::ResolveOrAnswer(Call* call, const std::string& name,
 void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image, Respond respond) {
   call->Accept(model);
   preprocess_->Schedule([this, call, model, image, respond = std::move(respond)]() mutable {
-    if (call->cancelled()) return call->Answer(absl::CancelledError("cancelled before preprocessing"));
     const absl::Time start = absl::Now();
     if (start >= call->deadline()) {
       return call->Answer(absl::DeadlineExceededError(absl::StrCat(
           "deadline passed after ", absl::FormatDuration(start - call->start()), ", before preprocessing")));
     }
+    if (call->cancelled()) return call->Answer(absl::CancelledError("cancelled before preprocessing"));
     absl::StatusOr<cv::Mat> rgb = DecodeImage(*image, limits_);
     if (!rgb.ok()) return call->Answer(rgb.status());
     ResizedImage resized = ResizeForInput(*rgb, model->spec->input);

@@ -141,12 +141,14 @@ class Batcher {
     size_t taken = 0;
     for (; taken < queue_.size() && static_cast<int>(batch->size()) < options_.max_batch_size; ++taken) {
       QueuedTask<Task>& q = queue_[taken];
-      if (q.task->cancelled()) {
-        dropped->emplace_back(std::move(q.task), absl::CancelledError("cancelled before its batch ran"));
-      } else if (q.task->deadline() <= now) {
+      // Deadline first: gRPC cancels a call whose deadline passed, and the expiry is the
+      // reason worth reporting.
+      if (q.task->deadline() <= now) {
         dropped->emplace_back(std::move(q.task), absl::DeadlineExceededError(absl::StrCat(
             "deadline passed after ", absl::FormatDuration(now - q.enqueued),
             " in the queue, before the request's batch ran")));
+      } else if (q.task->cancelled()) {
+        dropped->emplace_back(std::move(q.task), absl::CancelledError("cancelled before its batch ran"));
       } else {
         batch->push_back(std::move(q));
       }

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "care/vision/v1/vision.grpc.pb.h"
@@ -414,6 +415,31 @@ TEST_F(ServerTest, AFullQueueAnswersResourceExhaustedAtOnce) {
   }
   EXPECT_GT(exhausted, 0);
   EXPECT_GT(ok, 0);
+}
+
+TEST_F(ServerTest, ARequestWhoseDeadlinePassesInTheQueueIsDroppedNotComputed) {
+  // care_s0_cls waits up to 20 ms for a batch to fill; this request gives up after 5.
+  v1::ClassifyRequest request;
+  request.set_model("care_s0_cls");
+  *request.mutable_image() = TestImage(Photos(), 5);  // raw: no decoding time
+  const std::string model = "{model=\"care_s0_cls\"}";
+  const std::string before = HttpGet(server_->metrics_port(), "/metrics");
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(5));
+  v1::ClassifyResponse response;
+  EXPECT_EQ(stub_->Classify(&context, request, &response).error_code(), StatusCode::DEADLINE_EXCEEDED);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the batch timeout passes
+  const std::string after = HttpGet(server_->metrics_port(), "/metrics");
+  auto delta = [&](const std::string& series) {
+    return Sample(after, series) - std::max(0.0, Sample(before, series));
+  };
+  EXPECT_EQ(delta("care_batch_size_sum" + model), 0) << "the expired request was computed";
+  auto dropped = [](const char* code) {
+    return absl::StrFormat(R"(care_requests_total{code="%s",method="Classify",model="care_s0_cls"})", code);
+  };
+  const double expired = delta(dropped("DEADLINE_EXCEEDED"));
+  const double cancelled = delta(dropped("CANCELLED"));
+  EXPECT_EQ(std::max(expired, 0.0) + std::max(cancelled, 0.0), 1);
 }
 
 TEST_F(ServerTest, ListModelsReportsServedAndFailedModels) {
