@@ -2,8 +2,8 @@
 //
 //   care-client list
 //   care-client classify --image cat.jpg [--model NAME] [--top_k 5]
-//   care-client detect   --image street.jpg [--score_threshold 0.3]
-//   care-client segment  --image room.jpg [--mask_out mask.png]
+//   care-client detect   --image street.jpg [--score_threshold 0.3] [--draw boxes.png]
+//   care-client segment  --image room.jpg [--mask_out mask.png] [--draw overlay.png]
 //   care-client health   [--service care.vision.v1.VisionService]
 //
 // Prints readable text, or the response as JSON with --json. Exit status: 0 on success,
@@ -25,6 +25,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "care/vision/v1/vision.grpc.pb.h"
+#include "clients/draw.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -41,6 +42,9 @@ ABSL_FLAG(double, score_threshold, 0, "detect: lowest score kept (0: the model's
 ABSL_FLAG(double, iou_threshold, 0, "detect: NMS overlap threshold (0: the model's default).");
 ABSL_FLAG(int, max_detections, 0, "detect: most detections (0: the model's default).");
 ABSL_FLAG(std::string, mask_out, "", "segment: write the class-index mask PNG here.");
+ABSL_FLAG(std::string, draw, "",
+          "detect/segment: write a picture here (PNG/JPEG by extension): boxes with labels and scores, or the "
+          "image blended with the class mask and a legend.");
 ABSL_FLAG(std::string, service, "", "health: service name (empty: the whole server).");
 ABSL_FLAG(bool, json, false, "Print the response as JSON.");
 ABSL_FLAG(double, timeout, 30, "Deadline of the call, in seconds.");
@@ -107,6 +111,22 @@ int LoadImage(v1::Image* image) {
   return 0;
 }
 
+// The --image file as the server saw it (EXIF orientation applied), for drawing on.
+cv::Mat ImageForDrawing() {
+  return cv::imread(absl::GetFlag(FLAGS_image), cv::IMREAD_COLOR);
+}
+
+// Writes `picture` to --draw; an exit status.
+int WritePicture(const cv::Mat& picture) {
+  const std::string path = absl::GetFlag(FLAGS_draw);
+  if (!cv::imwrite(path, picture)) {
+    std::fprintf(stderr, "error: cannot write %s\n", path.c_str());
+    return 73;  // EX_CANTCREAT
+  }
+  std::fprintf(stderr, "wrote %s (%dx%d)\n", path.c_str(), picture.cols, picture.rows);
+  return 0;
+}
+
 int List(v1::VisionService::Stub* stub) {
   grpc::ClientContext context;
   SetDeadline(&context);
@@ -165,6 +185,11 @@ int Detect(v1::VisionService::Stub* stub) {
   v1::DetectResponse response;
   grpc::Status status = stub->Detect(&context, request, &response);
   if (!status.ok()) return Fail(status);
+  if (!absl::GetFlag(FLAGS_draw).empty()) {
+    const cv::Mat image = ImageForDrawing();
+    if (image.empty()) return kNoInput;
+    if (int rc = WritePicture(careserve::DrawDetections(image, response))) return rc;
+  }
   if (absl::GetFlag(FLAGS_json)) {
     PrintJson(response);
     return 0;
@@ -192,6 +217,18 @@ int Segment(v1::VisionService::Stub* stub) {
   const std::string mask_out = absl::GetFlag(FLAGS_mask_out);
   if (!mask_out.empty()) {
     std::ofstream(mask_out, std::ios::binary) << response.mask_png();
+  }
+  if (!absl::GetFlag(FLAGS_draw).empty()) {
+    const std::string& png = response.mask_png();
+    const cv::Mat mask = cv::imdecode(cv::Mat(1, static_cast<int>(png.size()), CV_8UC1, const_cast<char*>(png.data())),
+                                      cv::IMREAD_UNCHANGED);
+    const cv::Mat image = ImageForDrawing();
+    if (image.empty()) return kNoInput;
+    if (mask.size() != image.size()) {
+      std::fprintf(stderr, "error: the mask is %dx%d, the image %dx%d\n", mask.cols, mask.rows, image.cols, image.rows);
+      return 1;
+    }
+    if (int rc = WritePicture(careserve::DrawSegmentation(image, mask, response))) return rc;
   }
   if (absl::GetFlag(FLAGS_json)) {
     PrintJson(response);

@@ -10,10 +10,15 @@
 #include "server/api/grpc_status.h"
 #include "server/common/log.h"
 #include "server/postprocess/classify.h"
+#include "server/postprocess/detect.h"
+#include "server/postprocess/segment.h"
 
 namespace careserve {
 
 namespace v1 = care::vision::v1;
+
+// Most detections one request may ask for.
+constexpr int kMaxDetectionsLimit = 10000;
 
 // One RPC in flight. Answer() finishes it exactly once, after recording its metrics; gRPC
 // then calls OnDone, which deletes it.
@@ -93,9 +98,10 @@ ServedModel* VisionService::ResolveOrAnswer(Call* call, const std::string& name,
   return *model;
 }
 
-void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image, Respond respond) {
+void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image, RespondOn where,
+                          Respond respond) {
   call->Accept(model);
-  preprocess_->Schedule([this, call, model, image, respond = std::move(respond)]() mutable {
+  preprocess_->Schedule([this, call, model, image, where, respond = std::move(respond)]() mutable {
     const absl::Time start = absl::Now();
     if (start >= call->deadline()) {
       return call->Answer(absl::DeadlineExceededError(absl::StrCat(
@@ -105,16 +111,25 @@ void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image
     absl::StatusOr<cv::Mat> rgb = DecodeImage(*image, limits_);
     if (!rgb.ok()) return call->Answer(rgb.status());
     ResizedImage resized = ResizeForInput(*rgb, model->spec->input);
+    ResizedImage geometry = resized;
+    geometry.pixels = cv::Mat();
     model->metrics->preprocess_seconds->Observe(absl::ToDoubleSeconds(absl::Now() - start));
 
-    auto done = [call, model, respond = std::move(respond)](absl::Status status, const BatchOutputs* outputs,
-                                                           int row) mutable {
-      if (status.ok()) {
+    auto done = [this, call, model, where, geometry, respond = std::move(respond)](
+                    absl::Status status, const BatchOutputs* outputs, int row) mutable {
+      if (!status.ok()) return call->Answer(status);
+      auto finish = [call, model, geometry, respond = std::move(respond),
+                     rows = CopyRow(*outputs, row)]() mutable {
         const absl::Time post_start = absl::Now();
-        status = respond(*outputs, row);
+        absl::Status answered = respond(rows, geometry);
         model->metrics->postprocess_seconds->Observe(absl::ToDoubleSeconds(absl::Now() - post_start));
+        call->Answer(answered);
+      };
+      if (where == RespondOn::kExecutor) {
+        finish();
+      } else {
+        preprocess_->Schedule(std::move(finish));
       }
-      call->Answer(status);
     };
     auto request = std::make_unique<InferenceRequest>(std::move(resized), call->deadline(), call->cancelled_flag(),
                                                       std::move(done));
@@ -139,9 +154,10 @@ grpc::ServerUnaryReactor* VisionService::Classify(grpc::CallbackServerContext* c
     return call;
   }
   const int top_k = request->top_k() == 0 ? std::min(5, num_classes) : request->top_k();
-  Infer(call, model, &request->image(), [model, response, top_k](const BatchOutputs& outputs, int row) {
+  Infer(call, model, &request->image(), RespondOn::kExecutor,
+        [model, response, top_k](const RowOutputs& outputs, const ResizedImage&) {
     const int num_classes = model->spec->num_classes;
-    const float* logits = outputs.tensors[0].f32() + static_cast<size_t>(row) * num_classes;
+    const float* logits = outputs[0].f32.data();
     for (int i = 0; i < num_classes; ++i) {
       if (!std::isfinite(logits[i])) {
         return absl::InternalError(absl::StrCat("model \"", model->spec->name, "\" produced a non-finite logit (",
@@ -161,21 +177,104 @@ grpc::ServerUnaryReactor* VisionService::Classify(grpc::CallbackServerContext* c
   return call;
 }
 
-grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* context,
-                                                const v1::DetectRequest* request, v1::DetectResponse*) {
-  auto* call = new Call(context, metrics_, "Detect");
-  if (ResolveOrAnswer(call, request->model(), request->model_version(), Task::kDetection) != nullptr) {
-    call->Answer(absl::UnimplementedError("Detect is not implemented yet (it arrives with the dense-tasks work)"));
+namespace {
+
+// A request's detection parameters over the model's defaults, or what is wrong with them.
+absl::StatusOr<DetectOptions> DetectOptionsFor(const v1::DetectRequest& request, const DetectionDefaults& defaults) {
+  DetectOptions options{defaults.score_threshold, defaults.iou_threshold, defaults.max_detections};
+  const float score = request.score_threshold(), iou = request.iou_threshold();
+  if (!(score >= 0.0f && score <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("score_threshold must be in [0, 1] (0: the model's ", defaults.score_threshold, "), got ", score));
   }
+  if (!(iou >= 0.0f && iou <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("iou_threshold must be in [0, 1] (0: the model's ", defaults.iou_threshold, "), got ", iou));
+  }
+  if (request.max_detections() < 0 || request.max_detections() > kMaxDetectionsLimit) {
+    return absl::InvalidArgumentError(absl::StrCat("max_detections must be in [0, ", kMaxDetectionsLimit,
+                                                   "] (0: the model's ", defaults.max_detections, "), got ",
+                                                   request.max_detections()));
+  }
+  if (score > 0.0f) options.score_threshold = score;
+  if (iou > 0.0f) options.iou_threshold = iou;
+  if (request.max_detections() > 0) options.max_detections = request.max_detections();
+  return options;
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* context,
+                                                const v1::DetectRequest* request, v1::DetectResponse* response) {
+  auto* call = new Call(context, metrics_, "Detect");
+  ServedModel* model = ResolveOrAnswer(call, request->model(), request->model_version(), Task::kDetection);
+  if (model == nullptr) return call;
+  absl::StatusOr<DetectOptions> options = DetectOptionsFor(*request, model->spec->postprocess);
+  if (!options.ok()) {
+    call->Answer(options.status());
+    return call;
+  }
+  Infer(call, model, &request->image(), RespondOn::kPool,
+        [model, response, options = *options](const RowOutputs& outputs, const ResizedImage& image) {
+          const int64_t k = outputs[1].shape[0];
+          LetterboxGeometry geometry{image.scale_x, static_cast<float>(image.width),
+                                     static_cast<float>(image.height), image.source_width, image.source_height};
+          const int num_classes = model->spec->num_classes;
+          for (int64_t i = 0; i < k; ++i) {
+            if (outputs[2].i64[i] < 0 || outputs[2].i64[i] >= num_classes) {
+              return absl::InternalError(absl::StrCat("model \"", model->spec->name, "\" produced class ",
+                                                      outputs[2].i64[i], ", outside [0, ", num_classes, ")"));
+            }
+          }
+          response->set_model(model->spec->name);
+          response->set_model_version(model->version);
+          response->set_image_width(image.source_width);
+          response->set_image_height(image.source_height);
+          for (const BoxDetection& d : SelectDetections(outputs[0].f32.data(), outputs[1].f32.data(),
+                                                        outputs[2].i64.data(), k, options, geometry)) {
+            v1::Detection* out = response->add_detections();
+            out->mutable_box()->set_x_min(d.x_min);
+            out->mutable_box()->set_y_min(d.y_min);
+            out->mutable_box()->set_x_max(d.x_max);
+            out->mutable_box()->set_y_max(d.y_max);
+            out->set_class_index(d.label);
+            out->set_label(model->spec->labels[d.label]);
+            out->set_score(d.score);
+          }
+          return absl::OkStatus();
+        });
   return call;
 }
 
 grpc::ServerUnaryReactor* VisionService::Segment(grpc::CallbackServerContext* context,
-                                                 const v1::SegmentRequest* request, v1::SegmentResponse*) {
+                                                 const v1::SegmentRequest* request, v1::SegmentResponse* response) {
   auto* call = new Call(context, metrics_, "Segment");
-  if (ResolveOrAnswer(call, request->model(), request->model_version(), Task::kSegmentation) != nullptr) {
-    call->Answer(absl::UnimplementedError("Segment is not implemented yet (it arrives with the dense-tasks work)"));
-  }
+  ServedModel* model = ResolveOrAnswer(call, request->model(), request->model_version(), Task::kSegmentation);
+  if (model == nullptr) return call;
+  Infer(call, model, &request->image(), RespondOn::kPool,
+        [model, response](const RowOutputs& outputs, const ResizedImage& image) -> absl::Status {
+          const OutputRow& logits = outputs[0];  // [C, H/4, W/4]
+          const int num_classes = static_cast<int>(logits.shape[0]);
+          const double stride = static_cast<double>(model->spec->input.height) / logits.shape[1];
+          const cv::Mat mask = ArgmaxResize(logits.f32.data(), num_classes, static_cast<int>(logits.shape[1]),
+                                            static_cast<int>(logits.shape[2]), image.scale_x, stride,
+                                            image.source_width, image.source_height);
+          absl::StatusOr<std::string> png = EncodeMaskPng(mask, num_classes);
+          if (!png.ok()) return png.status();
+          response->set_model(model->spec->name);
+          response->set_model_version(model->version);
+          response->set_width(image.source_width);
+          response->set_height(image.source_height);
+          response->set_mask_png(std::move(*png));
+          const double total = static_cast<double>(mask.total());
+          for (const ClassPixels& c : CountClasses(mask, num_classes)) {
+            v1::ClassCoverage* out = response->add_classes();
+            out->set_class_index(c.class_index);
+            out->set_label(model->spec->labels[c.class_index]);
+            out->set_fraction(static_cast<float>(c.pixels / total));
+          }
+          return absl::OkStatus();
+        });
   return call;
 }
 

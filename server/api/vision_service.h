@@ -39,15 +39,19 @@ class VisionService final : public care::vision::v1::VisionService::CallbackServ
 
  private:
   class Call;
-  // Builds the answer from one request's row of the batch outputs.
-  using Respond = absl::AnyInvocable<absl::Status(const BatchOutputs& outputs, int row)>;
+  // Builds the answer from one request's outputs; `image` says how the request's image
+  // was resized (its pixels are gone by then).
+  using Respond = absl::AnyInvocable<absl::Status(const RowOutputs& outputs, const ResizedImage& image)>;
+  // Where Respond runs: on the executor thread (cheap answers: classification), or on
+  // the worker pool, so that the executor goes on to the next batch (NMS, mask resize).
+  enum class RespondOn { kExecutor, kPool };
 
   // The repository, or why requests cannot be served now.
   absl::StatusOr<const ModelRepository*> Available() const;
   // Resolves the model for `call` (setting its metrics label) or answers the call.
   ServedModel* ResolveOrAnswer(Call* call, const std::string& name, int64_t version, Task task);
   // Decode and resize on the pool, then batch, then `respond`, then answer.
-  void Infer(Call* call, ServedModel* model, const care::vision::v1::Image* image, Respond respond);
+  void Infer(Call* call, ServedModel* model, const care::vision::v1::Image* image, RespondOn where, Respond respond);
 
   ServerMetrics* const metrics_;
   ThreadPool* const preprocess_;

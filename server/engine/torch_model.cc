@@ -17,6 +17,25 @@ int64_t TensorView::numel() const {
   return n;
 }
 
+RowOutputs CopyRow(const BatchOutputs& outputs, int row) {
+  RowOutputs rows;
+  rows.reserve(outputs.tensors.size());
+  for (const TensorView& t : outputs.tensors) {
+    OutputRow r;
+    r.dtype = t.dtype;
+    r.shape.assign(t.shape.begin() + 1, t.shape.end());
+    int64_t n = 1;
+    for (int64_t d : r.shape) n *= d;
+    if (t.dtype == DType::kFloat32) {
+      r.f32.assign(t.f32() + row * n, t.f32() + (row + 1) * n);
+    } else {
+      r.i64.assign(t.i64() + row * n, t.i64() + (row + 1) * n);
+    }
+    rows.push_back(std::move(r));
+  }
+  return rows;
+}
+
 struct TorchModel::Impl {
   torch::jit::Module module;
 };

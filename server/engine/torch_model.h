@@ -33,6 +33,19 @@ struct BatchOutputs {
   std::shared_ptr<void> storage;
 };
 
+// One image's slice of every output tensor, copied out of the batch (so that the batch's
+// memory can go and the answer can be built on another thread).
+struct OutputRow {
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;  // without the batch dimension
+  std::vector<float> f32;
+  std::vector<int64_t> i64;
+};
+using RowOutputs = std::vector<OutputRow>;
+
+// Row `row` of every tensor of `outputs`.
+RowOutputs CopyRow(const BatchOutputs& outputs, int row);
+
 struct EngineOptions {
   // Run torch::jit::optimize_for_inference after loading (conv-BN folding, MKLDNN
   // layouts where they pay). Off only to compare against the plain TorchScript.

@@ -69,6 +69,8 @@ ResizedImage CenterCrop(const cv::Mat& rgb, const InputSpec& spec) {
   const int left = static_cast<int>(std::nearbyint((new_w - spec.width) / 2.0));
   ResizedImage out;
   out.pixels = resized(cv::Rect(left, top, spec.width, spec.height));
+  out.width = spec.width;
+  out.height = spec.height;
   out.source_width = w;
   out.source_height = h;
   out.scale_x = static_cast<double>(new_w) / w;
@@ -87,6 +89,8 @@ ResizedImage Letterbox(const cv::Mat& rgb, const InputSpec& spec) {
   } else {
     cv::resize(rgb, out.pixels, cv::Size(new_w, new_h), 0, 0, spec.interpolation);
   }
+  out.width = new_w;
+  out.height = new_h;
   out.source_width = w;
   out.source_height = h;
   out.scale_x = scale;

@@ -46,6 +46,9 @@ struct ResizedImage {
   cv::Mat pixels;
   int source_width = 0;
   int source_height = 0;
+  // Extent of `pixels` (kept when the pixels are released).
+  int width = 0;
+  int height = 0;
   // Network-input pixels per source pixel (letterbox: one scale for both axes).
   double scale_x = 1.0;
   double scale_y = 1.0;

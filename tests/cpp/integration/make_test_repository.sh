@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # Exports the model repository of the integration tests into $1 (replaced): small real
-# CARE-S0 models, plus one broken model that the server must report and skip.
+# CARE-S0 models, plus one broken model that the server must report and skip; then the
+# reference answers of the dense models into $1_reference (tests/tools/dense_reference.py).
 set -euo pipefail
 out=$1
 src=$(cd "$(dirname "$0")/../../.." && pwd)
 export PYTHONPATH=$src/model
-rm -rf "$out"
+rm -rf "$out" "${out}_reference" "${out}_checkpoints"
 mkdir -p "$out"
+/usr/bin/python3 "$src/tests/tools/make_test_checkpoints.py" "${out}_checkpoints"
 export_model() { /usr/bin/python3 -m carevision.export --arch care_s0 --out "$out" --input-size 64 64 "$@" 2>/dev/null; }
+export_dense() { /usr/bin/python3 -m carevision.export --arch care_s0 --out "$out" "$@" 2>/dev/null; }
+# Exports run in parallel; `wait PID` (not a bare `wait`) so that a failed one fails the script.
+pids=()
+background() { "$@" & pids+=($!); }
 # Batches fill within 20 ms: 64 concurrent requests form batches of several.
-export_model --task classification --name care_s0_cls --max-batch-size 16 --max-queue-delay-us 20000 &
+background export_model --task classification --name care_s0_cls --max-batch-size 16 --max-queue-delay-us 20000
 # One request at a time, one waiting: a burst overflows the queue.
-export_model --task classification --name care_s0_queue1 --seed 1 --max-batch-size 1 --queue-capacity 1 &
-export_model --task detection --name care_s0_det &
-wait
+background export_model --task classification --name care_s0_queue1 --seed 1 --max-batch-size 1 --queue-capacity 1
+# Non-square inputs; weights with spread outputs (make_test_checkpoints.py).
+background export_dense --task detection --name care_s0_det --input-size 96 128 --max-batch-size 4 \
+  --checkpoint "${out}_checkpoints/test_retinanet.pth"
+background export_dense --task segmentation --name care_s0_seg --input-size 64 96 --max-batch-size 4 \
+  --checkpoint "${out}_checkpoints/test_fpn.pth"
+for pid in "${pids[@]}"; do wait "$pid"; done
+/usr/bin/python3 "$src/tests/tools/dense_reference.py" "$out" care_s0_det care_s0_seg "${out}_reference" 2>/dev/null
 mkdir -p "$out/broken_model/1"
 cat > "$out/broken_model/config.json" <<'JSON'
 {"name": "broken_model", "task": "classification", "input": {"height": 64, "width": 64},

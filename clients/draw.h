@@ -1,0 +1,19 @@
+// Pictures of answers, for people: boxes with labels and scores on the image, or the
+// image blended with a class-coloured mask and a legend. Same size as the input image.
+#pragma once
+
+#include "care/vision/v1/vision.pb.h"
+#include "opencv2/core.hpp"
+
+namespace careserve {
+
+// A distinct, stable colour per class (BGR).
+cv::Scalar ClassColor(int class_index);
+
+// `bgr`: the image the request sent. Boxes in its pixels.
+cv::Mat DrawDetections(const cv::Mat& bgr, const care::vision::v1::DetectResponse& response);
+
+// `mask`: the response's decoded mask (class per pixel, the image's size).
+cv::Mat DrawSegmentation(const cv::Mat& bgr, const cv::Mat& mask, const care::vision::v1::SegmentResponse& response);
+
+}  // namespace careserve
