@@ -3,10 +3,13 @@
 #
 #   scripts/default_repository.sh OUT [CHECKPOINT_DIR]
 #
-# OUT/care_s0_imagenet: CARE-S0 classifier, 224x224, ImageNet-1k labels. With
-# CHECKPOINT_DIR/care_s0.pth (the authors' ImageNet checkpoint) its weights are the
-# authors'; without, random weights, reported as such (weights.source: random) in
-# config.json, ListModels, the server's log and care_model_info.
+#   care_s0_imagenet          CARE-S0 classifier, 224x224, ImageNet-1k labels  <- care_s0.pth
+#   care_s0_retinanet_coco    CARE-S0 RetinaNet, 512x512, COCO labels          <- care_s0_retinanet.pth
+#   care_s0_fpn_ade20k        CARE-S0 Semantic FPN, 512x512, ADE20K labels     <- care_s0_fpn.pth
+# Each takes its weights from CHECKPOINT_DIR/<file> when that file exists (the authors'
+# checkpoints: ImageNet classifier; mmdet RetinaNet; mmseg Semantic FPN), else random
+# weights, reported as such (weights.source: random) in config.json, ListModels, the
+# server's log and care_model_info.
 # A model is re-exported only when its weights source changed (OUT/.stamps).
 set -euo pipefail
 out=$1
@@ -38,3 +41,8 @@ export_one() {
 }
 
 export_one care_s0_imagenet care_s0.pth --arch care_s0 --task classification --input-size 224 224
+# Dense models at 512x512 take ~10x a classifier's time per image: smaller batches.
+export_one care_s0_retinanet_coco care_s0_retinanet.pth --arch care_s0 --task detection --input-size 512 512 \
+  --max-batch-size 4
+export_one care_s0_fpn_ade20k care_s0_fpn.pth --arch care_s0 --task segmentation --input-size 512 512 \
+  --max-batch-size 4

@@ -11,6 +11,7 @@ BUILD_PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-pytest python3-numpy python3-grpcio python3-protobuf python3-skimage python3-pil
   python3-opencv
+  zlib1g-dev
   prometheus curl openssl
 )
 

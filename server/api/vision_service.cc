@@ -256,18 +256,18 @@ grpc::ServerUnaryReactor* VisionService::Segment(grpc::CallbackServerContext* co
           const OutputRow& logits = outputs[0];  // [C, H/4, W/4]
           const int num_classes = static_cast<int>(logits.shape[0]);
           const double stride = static_cast<double>(model->spec->input.height) / logits.shape[1];
-          const cv::Mat mask = ArgmaxResize(logits.f32.data(), num_classes, static_cast<int>(logits.shape[1]),
+          const ClassMap map = ArgmaxResize(logits.f32.data(), num_classes, static_cast<int>(logits.shape[1]),
                                             static_cast<int>(logits.shape[2]), image.scale_x, stride,
                                             image.source_width, image.source_height);
-          absl::StatusOr<std::string> png = EncodeMaskPng(mask, num_classes);
+          absl::StatusOr<std::string> png = EncodeMaskPng(map.mask);
           if (!png.ok()) return png.status();
           response->set_model(model->spec->name);
           response->set_model_version(model->version);
           response->set_width(image.source_width);
           response->set_height(image.source_height);
           response->set_mask_png(std::move(*png));
-          const double total = static_cast<double>(mask.total());
-          for (const ClassPixels& c : CountClasses(mask, num_classes)) {
+          const double total = static_cast<double>(map.mask.total());
+          for (const ClassPixels& c : ClassesPresent(map.pixels)) {
             v1::ClassCoverage* out = response->add_classes();
             out->set_class_index(c.class_index);
             out->set_label(model->spec->labels[c.class_index]);

@@ -22,22 +22,29 @@
 
 namespace careserve {
 
+struct ClassMap {
+  // Class per original pixel: CV_8UC1 when num_classes <= 255, else CV_16UC1 (the PNG
+  // depth of the contract).
+  cv::Mat mask;
+  // Pixels per class.
+  std::vector<int64_t> pixels;
+};
+
 // `logits`: num_classes x height x width (one image, stride `stride` in the network
-// input). `scale`: network-input pixels per original pixel. Returns the class map,
-// out_height x out_width, CV_16UC1.
-cv::Mat ArgmaxResize(const float* logits, int num_classes, int height, int width, double scale, double stride,
-                     int out_width, int out_height);
+// input). `scale`: network-input pixels per original pixel. The class map is
+// out_height x out_width.
+ClassMap ArgmaxResize(const float* logits, int num_classes, int height, int width, double scale, double stride,
+                      int out_width, int out_height);
 
 struct ClassPixels {
   int class_index;
   int64_t pixels;
 };
 
-// Pixels per class present in `mask` (CV_16UC1), most first (ties: lower class first).
-std::vector<ClassPixels> CountClasses(const cv::Mat& mask, int num_classes);
+// The classes present, most pixels first (ties: lower class first).
+std::vector<ClassPixels> ClassesPresent(const std::vector<int64_t>& pixels);
 
-// The mask as a grayscale PNG, pixel = class index: 8-bit when num_classes <= 255,
-// else 16-bit.
-absl::StatusOr<std::string> EncodeMaskPng(const cv::Mat& mask, int num_classes);
+// The mask as a grayscale PNG, pixel = class index, of the mask's depth (8 or 16 bits).
+absl::StatusOr<std::string> EncodeMaskPng(const cv::Mat& mask);
 
 }  // namespace careserve

@@ -27,6 +27,8 @@
 #include "absl/synchronization/notification.h"
 #include "care/vision/v1/vision.grpc.pb.h"
 #include "google/protobuf/descriptor.pb.h"
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -140,6 +142,7 @@ class Server {
 
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
   int metrics_port() const { return metrics_port_; }
+  int grpc_port() const { return grpc_port_; }
   std::string log() const { return ReadFile(log_path_); }
 
  private:
@@ -345,27 +348,53 @@ TEST_F(ServerTest, BadRequestsGetTheContractsStatusCodes) {
     EXPECT_NE(status.error_message().find(c.message), std::string::npos) << c.what << ": " << status.error_message();
   }
 
-  // Detect and Segment: the model checks run; the pipelines come with the dense-tasks work.
+  // Detect and Segment: wrong task, and out-of-range detection parameters.
   {
     grpc::ClientContext context;
     v1::DetectRequest request;
     request.set_model("care_s0_cls");
+    *request.mutable_image() = good;
     v1::DetectResponse response;
     EXPECT_EQ(stub_->Detect(&context, request, &response).error_code(), StatusCode::FAILED_PRECONDITION);
   }
   {
     grpc::ClientContext context;
+    v1::SegmentRequest request;
+    request.set_model("care_s0_det");
+    *request.mutable_image() = good;
+    v1::SegmentResponse response;
+    const grpc::Status status = stub_->Segment(&context, request, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(status.error_message().find("call Detect"), std::string::npos) << status.error_message();
+  }
+  struct BadDetect {
+    float score, iou;
+    int max_detections;
+    const char* message;
+  };
+  for (const BadDetect& bad : {BadDetect{-0.1f, 0, 0, "score_threshold must be in [0, 1]"},
+                               BadDetect{1.5f, 0, 0, "score_threshold must be in [0, 1]"},
+                               BadDetect{std::nanf(""), 0, 0, "score_threshold must be in [0, 1]"},
+                               BadDetect{0, 1.5f, 0, "iou_threshold must be in [0, 1] (0: the model's 0.5), got 1.5"},
+                               BadDetect{0, 0, -1, "max_detections must be in [0, 10000]"},
+                               BadDetect{0, 0, 10001, "max_detections must be in [0, 10000]"}}) {
+    grpc::ClientContext context;
     v1::DetectRequest request;  // the only detection model is the default
+    *request.mutable_image() = good;
+    request.set_score_threshold(bad.score);
+    request.set_iou_threshold(bad.iou);
+    request.set_max_detections(bad.max_detections);
     v1::DetectResponse response;
-    EXPECT_EQ(stub_->Detect(&context, request, &response).error_code(), StatusCode::UNIMPLEMENTED);
+    const grpc::Status status = stub_->Detect(&context, request, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT) << bad.message;
+    EXPECT_NE(status.error_message().find(bad.message), std::string::npos) << status.error_message();
   }
   {
     grpc::ClientContext context;
-    v1::SegmentRequest request;
+    v1::SegmentRequest request;  // the default segmentation model, a bad image
+    request.mutable_image()->set_encoded("GIF89a not supported");
     v1::SegmentResponse response;
-    const grpc::Status status = stub_->Segment(&context, request, &response);
-    EXPECT_EQ(status.error_code(), StatusCode::NOT_FOUND);
-    EXPECT_NE(status.error_message().find("serves no segmentation model"), std::string::npos);
+    EXPECT_EQ(stub_->Segment(&context, request, &response).error_code(), StatusCode::INVALID_ARGUMENT);
   }
 
   // And the server keeps serving.
@@ -442,13 +471,173 @@ TEST_F(ServerTest, ARequestWhoseDeadlinePassesInTheQueueIsDroppedNotComputed) {
   EXPECT_EQ(std::max(expired, 0.0) + std::max(cancelled, 0.0), 1);
 }
 
+// The dense references (tests/tools/dense_reference.py, run by the test fixture).
+struct DenseReference {
+  google::protobuf::Struct json;
+  std::string dir;
+
+  static DenseReference Load() {
+    DenseReference r;
+    r.dir = Env("CARE_TEST_REPOSITORY") + "_reference";
+    EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(ReadFile(r.dir + "/reference.json"), &r.json).ok())
+        << r.dir;
+    return r;
+  }
+  const google::protobuf::ListValue& images() const { return json.fields().at("images").list_value(); }
+  double detect(const char* key) const { return json.fields().at("detect").struct_value().fields().at(key).number_value(); }
+};
+
+// Greedy match of the server's detections to the reference's: same class, same score
+// within 1e-4, same box within 0.05 px. Returns what did not match.
+std::vector<std::string> DetectionMismatches(const v1::DetectResponse& response,
+                                             const google::protobuf::ListValue& reference) {
+  std::vector<std::string> problems;
+  std::vector<bool> used(response.detections_size(), false);
+  for (const auto& value : reference.values()) {
+    const auto& fields = value.struct_value().fields();
+    const auto& box = fields.at("box").list_value();
+    bool found = false;
+    for (int i = 0; i < response.detections_size() && !found; ++i) {
+      const v1::Detection& d = response.detections(i);
+      if (used[i] || d.class_index() != fields.at("class_index").number_value() ||
+          std::abs(d.score() - fields.at("score").number_value()) > 1e-4) {
+        continue;
+      }
+      const double coords[4] = {d.box().x_min(), d.box().y_min(), d.box().x_max(), d.box().y_max()};
+      double worst = 0;
+      for (int k = 0; k < 4; ++k) worst = std::max(worst, std::abs(coords[k] - box.values(k).number_value()));
+      if (worst <= 0.05) used[i] = found = true;
+    }
+    if (!found) {
+      problems.push_back(absl::StrFormat("reference class %d score %.6f box [%.2f %.2f %.2f %.2f] not answered",
+                                         static_cast<int>(fields.at("class_index").number_value()),
+                                         fields.at("score").number_value(), box.values(0).number_value(),
+                                         box.values(1).number_value(), box.values(2).number_value(),
+                                         box.values(3).number_value()));
+    }
+  }
+  for (int i = 0; i < response.detections_size(); ++i) {
+    if (!used[i]) problems.push_back(absl::StrFormat("extra detection class %d score %.6f",
+                                                     response.detections(i).class_index(),
+                                                     response.detections(i).score()));
+  }
+  return problems;
+}
+
+TEST_F(ServerTest, DetectAndSegmentMatchTheReferenceUnderConcurrency) {
+  const DenseReference reference = DenseReference::Load();
+  const int images = reference.images().values_size();
+  ASSERT_GE(images, 5);
+  constexpr int kRepeats = 3;
+  const int calls = images * kRepeats;
+  std::vector<v1::DetectRequest> detect_requests(calls);
+  std::vector<v1::SegmentRequest> segment_requests(calls);
+  std::vector<v1::DetectResponse> detect_responses(calls);
+  std::vector<v1::SegmentResponse> segment_responses(calls);
+  std::vector<grpc::Status> detect_statuses(calls), segment_statuses(calls);
+  std::vector<grpc::ClientContext> detect_contexts(calls), segment_contexts(calls);
+  for (int i = 0; i < calls; ++i) {
+    const std::string name = reference.images().values(i % images).struct_value().fields().at("name").string_value();
+    const std::string bytes = ReadFile(reference.dir + "/images/" + name + ".png");
+    detect_requests[i].set_model("care_s0_det");
+    detect_requests[i].mutable_image()->set_encoded(bytes);
+    detect_requests[i].set_score_threshold(static_cast<float>(reference.detect("score_threshold")));
+    detect_requests[i].set_iou_threshold(static_cast<float>(reference.detect("iou_threshold")));
+    detect_requests[i].set_max_detections(static_cast<int>(reference.detect("max_detections")));
+    segment_requests[i].set_model("care_s0_seg");
+    segment_requests[i].mutable_image()->set_encoded(bytes);
+  }
+  absl::Mutex mu;
+  int done = 0;
+  for (int i = 0; i < calls; ++i) {
+    stub_->async()->Detect(&detect_contexts[i], &detect_requests[i], &detect_responses[i], [&, i](grpc::Status s) {
+      absl::MutexLock lock(&mu);
+      detect_statuses[i] = std::move(s);
+      ++done;
+    });
+    stub_->async()->Segment(&segment_contexts[i], &segment_requests[i], &segment_responses[i],
+                            [&, i](grpc::Status s) {
+                              absl::MutexLock lock(&mu);
+                              segment_statuses[i] = std::move(s);
+                              ++done;
+                            });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    auto all_done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return done == 2 * calls; };
+    mu.Await(absl::Condition(&all_done));
+  }
+
+  for (int i = 0; i < calls; ++i) {
+    const auto& ref = reference.images().values(i % images).struct_value().fields();
+    const std::string name = ref.at("name").string_value();
+    const int width = static_cast<int>(ref.at("width").number_value());
+    const int height = static_cast<int>(ref.at("height").number_value());
+
+    ASSERT_TRUE(detect_statuses[i].ok()) << name << ": " << detect_statuses[i].error_message();
+    const v1::DetectResponse& det = detect_responses[i];
+    EXPECT_EQ(det.image_width(), width);
+    EXPECT_EQ(det.image_height(), height);
+    EXPECT_EQ(det.detections_size(), ref.at("detections").list_value().values_size()) << name;
+    for (const std::string& problem : DetectionMismatches(det, ref.at("detections").list_value())) {
+      ADD_FAILURE() << name << ": " << problem;
+    }
+    for (int k = 1; k < det.detections_size(); ++k) {
+      EXPECT_GE(det.detections(k - 1).score(), det.detections(k).score()) << name << ": not sorted by score";
+    }
+
+    ASSERT_TRUE(segment_statuses[i].ok()) << name << ": " << segment_statuses[i].error_message();
+    const v1::SegmentResponse& seg = segment_responses[i];
+    EXPECT_EQ(seg.width(), width);
+    EXPECT_EQ(seg.height(), height);
+    const std::string& png = seg.mask_png();
+    const cv::Mat mask = cv::imdecode(std::vector<uchar>(png.begin(), png.end()), cv::IMREAD_UNCHANGED);
+    const cv::Mat expected = cv::imread(reference.dir + "/masks/" + name + ".png", cv::IMREAD_UNCHANGED);
+    ASSERT_EQ(mask.type(), CV_8UC1) << name << ": 150 classes fit an 8-bit PNG";
+    ASSERT_EQ(mask.size(), expected.size()) << name;
+    const double agreement = 1.0 - cv::countNonZero(mask != expected) / static_cast<double>(mask.total());
+    EXPECT_GE(agreement, 0.999) << name;
+    // Coverage: the fractions of the mask's own pixels, largest first, summing to 1.
+    double total = 0;
+    for (int k = 0; k < seg.classes_size(); ++k) {
+      const auto& c = seg.classes(k);
+      total += c.fraction();
+      EXPECT_NEAR(c.fraction(), cv::countNonZero(mask == c.class_index()) / static_cast<double>(mask.total()), 1e-6);
+      if (k > 0) EXPECT_LE(c.fraction(), seg.classes(k - 1).fraction());
+    }
+    EXPECT_NEAR(total, 1.0, 1e-5) << name;
+  }
+}
+
+TEST_F(ServerTest, CareClientDrawsPicturesOfTheInputsSize) {
+  const DenseReference reference = DenseReference::Load();
+  const std::string client = Env("CARE_CLIENT");
+  ASSERT_FALSE(client.empty()) << "CARE_CLIENT is not set (run through ctest)";
+  const std::string server = "--server=127.0.0.1:" + std::to_string(server_->grpc_port());
+  for (const char* name : {"astronaut_portrait_200x480", "coffee_wide_600x150"}) {
+    const std::string image = reference.dir + "/images/" + name + ".png";
+    const cv::Mat input = cv::imread(image, cv::IMREAD_COLOR);
+    for (const char* command : {"detect", "segment"}) {
+      const std::string out = ::testing::TempDir() + "/" + name + "_" + command + ".png";
+      std::remove(out.c_str());
+      const std::string line = client + " " + command + " " + server + " --image=" + image + " --draw=" + out +
+                               " --score_threshold=0.33 > /dev/null 2>&1";
+      ASSERT_EQ(std::system(line.c_str()), 0) << line;
+      const cv::Mat picture = cv::imread(out, cv::IMREAD_COLOR);
+      ASSERT_FALSE(picture.empty()) << out;
+      EXPECT_EQ(picture.size(), input.size()) << out;
+      EXPECT_GT(cv::norm(picture, input, cv::NORM_L1), 0) << out << " has nothing drawn on it";
+    }
+  }
+}
+
 TEST_F(ServerTest, ListModelsReportsServedAndFailedModels) {
   grpc::ClientContext context;
   v1::ListModelsResponse response;
   ASSERT_TRUE(stub_->ListModels(&context, v1::ListModelsRequest(), &response).ok());
   std::map<std::string, v1::ModelInfo> models;
   for (const v1::ModelInfo& m : response.models()) models[m.name()] = m;
-  ASSERT_EQ(models.size(), 4u);
+  ASSERT_EQ(models.size(), 5u);
   const v1::ModelInfo& cls = models["care_s0_cls"];
   EXPECT_TRUE(cls.ready());
   EXPECT_EQ(cls.task(), "classification");
@@ -463,6 +652,12 @@ TEST_F(ServerTest, ListModelsReportsServedAndFailedModels) {
   EXPECT_TRUE(models["care_s0_det"].ready());
   EXPECT_EQ(models["care_s0_det"].task(), "detection");
   EXPECT_EQ(models["care_s0_det"].num_classes(), 80);
+  EXPECT_EQ(models["care_s0_det"].input_height(), 96);
+  EXPECT_EQ(models["care_s0_det"].input_width(), 128);
+  EXPECT_EQ(models["care_s0_det"].weights_source(), "checkpoint");
+  EXPECT_TRUE(models["care_s0_seg"].ready());
+  EXPECT_EQ(models["care_s0_seg"].task(), "segmentation");
+  EXPECT_EQ(models["care_s0_seg"].num_classes(), 150);
   const v1::ModelInfo& broken = models["broken_model"];
   EXPECT_FALSE(broken.ready());
   EXPECT_EQ(broken.versions_size(), 0);
