@@ -27,9 +27,22 @@ grep -q "^care_s0_imagenet version 1" <<<"$answer"
 [ "$(grep -c '(class [0-9]*)' <<<"$answer")" -eq 5 ]
 # (captured first: grep -q exiting early would fail the writer under pipefail)
 models=$("$client" list --server="localhost:$port")
-grep -q "care_s0_imagenet .* random .* ready" <<<"$models"
+for model in care_s0_imagenet care_s0_retinanet_coco care_s0_fpn_ade20k; do
+  grep -q "$model .* random .* ready" <<<"$models"
+done
 metrics=$(curl -sf "localhost:$metrics_port/metrics")
 grep -q '^care_model_info{.*model="care_s0_imagenet".*weights="random"} 1' <<<"$metrics"
+# Detect and Segment on the default models, with pictures of the input's size.
+pictures=$(mktemp -d)
+"$client" detect --server="localhost:$port" --image build/samples/astronaut.jpg --draw "$pictures/boxes.png"
+"$client" segment --server="localhost:$port" --image build/samples/astronaut.jpg --draw "$pictures/mask.png" \
+  | grep -q "^care_s0_fpn_ade20k version 1: 512x512 mask"
+/usr/bin/python3 - "$pictures" <<'PY'
+import sys, cv2
+for name in ("boxes.png", "mask.png"):
+    image = cv2.imread(f"{sys.argv[1]}/{name}")
+    assert image is not None and image.shape[:2] == (512, 512), (name, None if image is None else image.shape)
+PY
 # The Python example client gets the same answer.
 python_answer=$(/usr/bin/python3 clients/python/care_client.py --server "localhost:$port" classify build/samples/cat.jpg)
 [ "$python_answer" = "$answer" ] || { echo "Python client answered differently:"; echo "$python_answer"; exit 1; }
