@@ -116,6 +116,10 @@ int Run() {
   // NOT_SERVING until every model is loaded and warm, for the server ("") and the service.
   health->SetServingStatus(care::vision::v1::VisionService::service_full_name(), false);
   health->SetServingStatus(false);
+  // "liveness": SERVING whenever the process answers at all (Kubernetes liveness probes);
+  // "" and the service name say whether requests can be served (readiness).
+  health->SetServingStatus("liveness", true);
+  metrics.SetReady(false);
   Log(LogLevel::kInfo, "listening",
       {{"grpc_port", std::to_string(grpc_port)},
        {"metrics_port", std::to_string(metrics_port)},
@@ -138,6 +142,7 @@ int Run() {
   for (const auto& m : (*repository)->models()) (m->ready() ? ready : failed)++;
   service.SetRepository(repository->get());
   health->SetServingStatus(true);
+  metrics.SetReady(true);
   Log(LogLevel::kInfo, "serving",
       {{"models_ready", std::to_string(ready)},
        {"models_failed", std::to_string(failed)},
@@ -148,6 +153,7 @@ int Run() {
   Log(LogLevel::kInfo, "draining", {{"signal", strsignal(signal)},
                                     {"drain_seconds", std::to_string(absl::GetFlag(FLAGS_drain_seconds))}});
   health->SetServingStatus(false);
+  metrics.SetReady(false);
   // In-flight requests finish (their batches run); new ones are refused.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_drain_seconds)));
   service.StartDraining();

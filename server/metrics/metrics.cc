@@ -71,10 +71,20 @@ ServerMetrics::ServerMetrics()
                     .Name("care_inflight_requests")
                     .Help("Requests accepted for the model and not yet answered.")
                     .Register(*registry_)),
+      queue_capacity_(prometheus::BuildGauge()
+                          .Name("care_queue_capacity")
+                          .Help("Most requests the model's queue holds (batching.queue_capacity); one more is "
+                                "refused with RESOURCE_EXHAUSTED.")
+                          .Register(*registry_)),
       model_info_(prometheus::BuildGauge()
                       .Name("care_model_info")
                       .Help("1 for every model version being served; weights=random means its answers mean nothing.")
-                      .Register(*registry_)) {}
+                      .Register(*registry_)),
+      ready_(prometheus::BuildGauge()
+                 .Name("care_server_ready")
+                 .Help("1 while the server reports SERVING (every model loaded and warm, not draining), else 0.")
+                 .Register(*registry_)
+                 .Add({})) {}
 
 ModelMetrics* ServerMetrics::ForModel(const std::string& model) {
   absl::MutexLock lock(&mu_);
@@ -88,6 +98,7 @@ ModelMetrics* ServerMetrics::ForModel(const std::string& model) {
         &inference_seconds_.Add(labels, LatencyBuckets()),
         &batch_size_.Add(labels, BatchSizeBuckets()),
         &queue_depth_.Add(labels),
+        &queue_capacity_.Add(labels),
         &inflight_.Add(labels),
     });
   }

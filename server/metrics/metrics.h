@@ -25,6 +25,7 @@ struct ModelMetrics {
   prometheus::Histogram* inference_seconds;
   prometheus::Histogram* batch_size;
   prometheus::Gauge* queue_depth;
+  prometheus::Gauge* queue_capacity;
   prometheus::Gauge* inflight;
 };
 
@@ -38,6 +39,8 @@ class ServerMetrics {
   // A finished RPC: care_requests_total and care_request_duration_seconds.
   void ObserveRequest(const std::string& method, const std::string& model, const std::string& code,
                       absl::Duration duration);
+  // care_server_ready: 1 while health is SERVING (models warm, not draining), else 0.
+  void SetReady(bool ready) { ready_.Set(ready ? 1 : 0); }
   // care_model_info{model, version, task, architecture, weights} = 1.
   void SetModelInfo(const std::string& model, int64_t version, const std::string& task,
                     const std::string& architecture, const std::string& weights);
@@ -53,7 +56,9 @@ class ServerMetrics {
   prometheus::Family<prometheus::Histogram>& batch_size_;
   prometheus::Family<prometheus::Gauge>& queue_depth_;
   prometheus::Family<prometheus::Gauge>& inflight_;
+  prometheus::Family<prometheus::Gauge>& queue_capacity_;
   prometheus::Family<prometheus::Gauge>& model_info_;
+  prometheus::Gauge& ready_;
 
   absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<ModelMetrics>> models_ ABSL_GUARDED_BY(mu_);
