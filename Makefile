@@ -7,6 +7,7 @@ PYTHON := /usr/bin/python3
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 export PYTHONPATH := $(CURDIR)/model
+export BUILD_DIR
 
 # make serve settings
 MODEL_REPOSITORY ?= models/default
@@ -15,7 +16,7 @@ PORT ?= 50051
 METRICS_PORT ?= 9091
 SERVER_FLAGS ?=
 
-.PHONY: deps build repository samples serve test test-python test-cpp test-serve profile bench clean
+.PHONY: deps build repository samples serve test test-python test-cpp test-deploy test-serve profile bench clean
 
 deps:
 	bash scripts/deps.sh
@@ -33,13 +34,18 @@ repository: deps
 serve: build repository
 	$(BUILD_DIR)/care-server --model_repository=$(MODEL_REPOSITORY) --port=$(PORT) --metrics_port=$(METRICS_PORT) $(SERVER_FLAGS)
 
-test: build test-python test-cpp test-serve
+test: build test-python test-cpp test-deploy test-serve
 
 test-python:
 	$(PYTHON) -m pytest -q tests/python
 
 test-cpp:
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600
+
+# Kubernetes manifests, Prometheus config and alerts (promtool), the Dockerfile, and a real
+# Prometheus scraping a real care-server for every dashboard query.
+test-deploy:
+	$(PYTHON) -m pytest -q tests/deploy
 
 test-serve:
 	bash scripts/serve_smoke_test.sh

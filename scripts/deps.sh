@@ -10,7 +10,7 @@ BUILD_PKGS=(
   libopencv-dev prometheus-cpp-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-pytest python3-numpy python3-grpcio python3-protobuf python3-skimage python3-pil
-  python3-opencv
+  python3-opencv python3-yaml
   zlib1g-dev
   prometheus curl openssl
 )
@@ -19,6 +19,9 @@ missing=()
 for p in "${BUILD_PKGS[@]}"; do
   dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# kubectl (for `kubectl kustomize` in the deployment tests): any kubectl on PATH will do;
+# else Debian's.
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

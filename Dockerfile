@@ -1,0 +1,44 @@
+# careserve image: care-server with the default model repository baked in.
+#
+#   docker build -t careserve .
+#   docker run -p 50051:50051 -p 9091:9091 careserve
+#   docker run -v /path/to/repo:/models:ro careserve          # your models instead
+#   docker build --build-arg CHECKPOINT_DIR=checkpoints -t careserve .   # authors' weights
+#
+# The build stage runs the same dependency script and make targets as CI (.ci/run ->
+# make test -> make build); the runtime stage carries only runtime libraries.
+
+# ---- build ------------------------------------------------------------------------
+FROM debian:bookworm-slim AS build
+WORKDIR /src
+COPY . .
+# scripts/deps.sh: the Debian packages CI installs (make deps runs it).
+RUN bash scripts/deps.sh
+# The binaries, as CI builds them.
+RUN make build BUILD_DIR=build
+# The default model repository (random weights unless CHECKPOINT_DIR holds checkpoints
+# inside the build context).
+ARG CHECKPOINT_DIR=
+RUN make repository MODEL_REPOSITORY=/models CHECKPOINT_DIR=${CHECKPOINT_DIR}
+
+# ---- runtime ----------------------------------------------------------------------
+FROM debian:bookworm-slim AS runtime
+# Runtime libraries only: LibTorch and its BLAS, gRPC, protobuf, OpenCV's core, imgproc
+# and imgcodecs, prometheus-cpp core, Abseil, zlib.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      libtorch1.13 libopenblas0-pthread libgrpc++1.51 libgrpc29 libprotobuf32 \
+      libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406 \
+      libprometheus-cpp-core1.0 libabsl20220623 zlib1g ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin careserve
+COPY --from=build /src/build/care-server /src/build/care-client /usr/local/bin/
+COPY --from=build --chown=10001:10001 /models /models
+USER 10001
+# gRPC, metrics
+EXPOSE 50051 9091
+# /models may be replaced by a volume holding another repository.
+VOLUME ["/models"]
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+  CMD ["care-client", "health", "--server=localhost:50051", "--timeout=2"]
+ENTRYPOINT ["care-server", "--model_repository=/models", "--port=50051", "--metrics_port=9091"]
