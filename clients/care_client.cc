@@ -32,7 +32,11 @@
 #include "opencv2/imgcodecs.hpp"
 #include "opencv2/imgproc.hpp"
 
-ABSL_FLAG(std::string, server, "localhost:50051", "care-server address, host:port.");
+ABSL_FLAG(std::string, server, "localhost:50051",
+          "care-server address: host:port, or a gRPC target such as dns:///careserve.ns.svc.cluster.local:50051.");
+ABSL_FLAG(std::string, load_balancing, "pick_first",
+          "gRPC load-balancing policy: pick_first, or round_robin to spread calls over every address the "
+          "target resolves to (a headless Kubernetes Service).");
 ABSL_FLAG(std::string, image, "", "Image file (JPEG, PNG, BMP, WebP, TIFF).");
 ABSL_FLAG(bool, raw, false, "Decode the image here and send raw RGB pixels instead of the file.");
 ABSL_FLAG(std::string, model, "", "Model name (default: the server's default model for the task).");
@@ -273,6 +277,7 @@ int main(int argc, char** argv) {
   const std::string command = args[1];
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(256 << 20);
+  channel_args.SetLoadBalancingPolicyName(absl::GetFlag(FLAGS_load_balancing));
   auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials(), channel_args);
   auto stub = v1::VisionService::NewStub(channel);
   if (command == "list") return List(stub.get());
