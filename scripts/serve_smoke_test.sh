@@ -43,6 +43,10 @@ for name in ("boxes.png", "mask.png"):
     image = cv2.imread(f"{sys.argv[1]}/{name}")
     assert image is not None and image.shape[:2] == (512, 512), (name, None if image is None else image.shape)
 PY
+# care-bench keeps working: a second of closed-loop Classify load, no errors.
+bench=$(build/care-bench --server="localhost:$port" --concurrency=2 --duration=1 --warmup=0.5 --json 2>/dev/null)
+echo "$bench"
+/usr/bin/python3 -c 'import json, sys; r = json.loads(sys.argv[1]); assert r["ok"] > 0 and not r["errors"], r' "$bench"
 # The Python example client gets the same answer.
 python_answer=$(/usr/bin/python3 clients/python/care_client.py --server "localhost:$port" classify build/samples/cat.jpg)
 [ "$python_answer" = "$answer" ] || { echo "Python client answered differently:"; echo "$python_answer"; exit 1; }
