@@ -10,16 +10,18 @@ saved-and-reloaded TorchScript is run on a random batch, plain and optimised, an
 match the eager model within 1e-4 relative.
 """
 import argparse
+import copy
 import io
 import json
 import os
 import sys
 import tempfile
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
 from . import DEFAULT_NUM_CLASSES, TASKS, create_model, list_backbones
+from .fold import fold_batchnorms
 from .checkpoint import CheckpointError, infer_num_classes, load_checkpoint, read_state_dict, sha256_of
 from .verify import RTOL, compare
 
@@ -61,6 +63,14 @@ def next_version(model_dir: str) -> int:
 
 def script_and_freeze(model: torch.nn.Module) -> torch.jit.ScriptModule:
     return torch.jit.freeze(torch.jit.script(model.eval()))
+
+
+def inference_copy(model: torch.nn.Module) -> Tuple[torch.nn.Module, int]:
+    """A copy of `model` with every BatchNorm that feeds a convolution folded into it
+    (fold.py; PyTorch's own passes only fold BN after a convolution). The copy is what
+    gets scripted; `verify` compares it against the untouched eager model."""
+    folded = copy.deepcopy(model).eval()
+    return folded, fold_batchnorms(folded)
 
 
 def verify(model, frozen, task: str, height: int, width: int, num_classes: int, batch: int = 2,
@@ -148,8 +158,10 @@ def export(args) -> str:
     name = args.name or f"{args.arch}{HEAD_NAME[args.task]}_{DATASET[args.task] if args.labels is None else 'custom'}"
     model_dir = os.path.join(args.out, name)
     version = args.version or next_version(model_dir)
-    frozen = script_and_freeze(model)
+    folded, bn_folded = inference_copy(model)
+    frozen = script_and_freeze(folded)
     report = verify(model, frozen, args.task, height, width, num_classes)
+    report["batchnorms_folded_into_convs"] = bn_folded
 
     os.makedirs(os.path.join(model_dir, str(version)), exist_ok=True)
     target = os.path.join(model_dir, str(version), "model.pt")
