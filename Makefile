@@ -16,7 +16,7 @@ PORT ?= 50051
 METRICS_PORT ?= 9091
 SERVER_FLAGS ?=
 
-.PHONY: deps build repository samples serve test test-python test-cpp test-deploy test-serve profile bench clean
+.PHONY: deps build repository samples serve test test-python test-cpp test-deploy test-serve test-bench profile bench clean
 
 deps:
 	bash scripts/deps.sh
@@ -34,7 +34,7 @@ repository: deps
 serve: build repository
 	$(BUILD_DIR)/care-server --model_repository=$(MODEL_REPOSITORY) --port=$(PORT) --metrics_port=$(METRICS_PORT) $(SERVER_FLAGS)
 
-test: build test-python test-cpp test-deploy test-serve
+test: build test-python test-cpp test-deploy test-serve test-bench
 
 test-python:
 	$(PYTHON) -m pytest -q tests/python
@@ -54,9 +54,14 @@ test-serve:
 profile: deps
 	$(PYTHON) -m carevision.profile
 
-# In-process engine throughput for now; the gRPC load generator and server benchmarks
-# come with the performance work (docs/benchmarks.md).
-bench: profile
+# Engine ceiling, care-server under care-bench load, the Python baseline, memory:
+# writes docs/benchmarks.md and docs/bench/*.png (about 10 minutes).
+bench: build
+	$(PYTHON) bench/run.py
+
+# The same run in seconds (numbers meaningless), so that make bench keeps working.
+test-bench:
+	$(PYTHON) bench/run.py --smoke
 
 clean:
 	rm -rf $(BUILD_DIR)

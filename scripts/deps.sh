@@ -10,7 +10,7 @@ BUILD_PKGS=(
   libopencv-dev prometheus-cpp-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-pytest python3-numpy python3-grpcio python3-protobuf python3-skimage python3-pil
-  python3-opencv python3-yaml
+  python3-opencv python3-yaml python3-matplotlib
   zlib1g-dev
   prometheus curl openssl
 )

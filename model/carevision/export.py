@@ -158,7 +158,10 @@ def export(args) -> str:
     name = args.name or f"{args.arch}{HEAD_NAME[args.task]}_{DATASET[args.task] if args.labels is None else 'custom'}"
     model_dir = os.path.join(args.out, name)
     version = args.version or next_version(model_dir)
-    folded, bn_folded = inference_copy(model)
+    if args.no_fold_batchnorm:
+        folded, bn_folded = model, 0
+    else:
+        folded, bn_folded = inference_copy(model)
     frozen = script_and_freeze(folded)
     report = verify(model, frozen, args.task, height, width, num_classes)
     report["batchnorms_folded_into_convs"] = bn_folded
@@ -199,6 +202,8 @@ def parser() -> argparse.ArgumentParser:
                    help="network input, multiples of 32 (default 224 224; 512 512 for dense tasks)")
     p.add_argument("--crop-pct", type=float, default=0.875, help="classification center-crop ratio")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    p.add_argument("--no-fold-batchnorm", action="store_true",
+                   help="keep BatchNorms before convolutions (only to measure what folding gains)")
     p.add_argument("--max-batch-size", type=int, default=DEFAULT_BATCHING["max_batch_size"])
     p.add_argument("--max-queue-delay-us", type=int, default=DEFAULT_BATCHING["max_queue_delay_us"])
     p.add_argument("--queue-capacity", type=int, default=DEFAULT_BATCHING["queue_capacity"])

@@ -1,0 +1,103 @@
+// care-engine-bench: the engine ceiling. Runs a repository's TorchScript in process with
+// the server's own executor code (server/engine: optimize_for_inference, thread settings,
+// denormal flushing), no gRPC, no preprocessing, at the given batch sizes.
+//
+//   care-engine-bench --model_dir=REPO/care_s0_imagenet --batch_sizes=1,4,8,16,32 --seconds=5 --json
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "server/engine/torch_model.h"
+#include "server/repository/model_config.h"
+
+ABSL_FLAG(std::string, model_dir, "", "A model directory of a repository (config.json, <version>/model.pt).");
+ABSL_FLAG(int, version, 1, "Model version.");
+ABSL_FLAG(std::string, batch_sizes, "1,4,8,16,32", "Batch sizes to measure.");
+ABSL_FLAG(double, seconds, 5, "Measured seconds per batch size (at least 3 batches).");
+ABSL_FLAG(int, warmup_runs, 3, "Unmeasured batches first, per batch size.");
+ABSL_FLAG(int, intra_op_threads, 0, "LibTorch intra-op threads (0: one per core), as care-server.");
+ABSL_FLAG(bool, optimize_for_inference, true, "As care-server's flag of the same name.");
+ABSL_FLAG(bool, json, false, "One JSON object per batch size, one per line.");
+
+namespace {
+
+double Percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  const double rank = p / 100.0 * (v.size() - 1);
+  const size_t lo = static_cast<size_t>(rank), hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (rank - lo);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("care-engine-bench --model_dir=DIR [--batch_sizes=1,4,8,16,32]");
+  absl::ParseCommandLine(argc, argv);
+  const std::string dir = absl::GetFlag(FLAGS_model_dir);
+  auto spec = careserve::ReadModelSpec(dir);
+  if (!spec.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(spec.status().message()).c_str());
+    return 1;
+  }
+  const int threads = absl::GetFlag(FLAGS_intra_op_threads) > 0 ? absl::GetFlag(FLAGS_intra_op_threads)
+                                                                : static_cast<int>(std::thread::hardware_concurrency());
+  careserve::ConfigureTorch(threads, 1);
+  careserve::EngineOptions options;
+  options.optimize = absl::GetFlag(FLAGS_optimize_for_inference);
+  const std::string path = absl::StrCat(dir, "/", absl::GetFlag(FLAGS_version), "/model.pt");
+  auto model = careserve::TorchModel::Load(path, options);
+  if (!model.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
+    return 1;
+  }
+  const int h = spec->input.height, w = spec->input.width;
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal;
+  for (const auto& text : absl::StrSplit(absl::GetFlag(FLAGS_batch_sizes), ',')) {
+    int batch = 0;
+    if (!absl::SimpleAtoi(text, &batch) || batch < 1) {
+      std::fprintf(stderr, "error: bad batch size \"%s\"\n", std::string(text).c_str());
+      return 64;
+    }
+    // A normalised-photo-like input: values of the right range (random weights and
+    // all-zero inputs can take slow denormal paths a real input never does).
+    std::vector<float> input(static_cast<size_t>(batch) * 3 * h * w);
+    for (float& v : input) v = normal(rng);
+    for (int i = 0; i < absl::GetFlag(FLAGS_warmup_runs); ++i) (void)(*model)->Run(input.data(), batch, h, w);
+    std::vector<double> ms;
+    const auto start = std::chrono::steady_clock::now();
+    while (ms.size() < 3 ||
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < absl::GetFlag(FLAGS_seconds)) {
+      const auto t = std::chrono::steady_clock::now();
+      auto outputs = (*model)->Run(input.data(), batch, h, w);
+      if (!outputs.ok()) {
+        std::fprintf(stderr, "error: %s\n", std::string(outputs.status().message()).c_str());
+        return 1;
+      }
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
+    }
+    const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double throughput = ms.size() * batch / total_s;
+    if (absl::GetFlag(FLAGS_json)) {
+      std::printf("{\"model\": \"%s\", \"batch\": %d, \"threads\": %d, \"optimize\": %s, \"batches\": %zu, "
+                  "\"throughput_ips\": %.3f, \"batch_ms\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"min\": %.3f}}\n",
+                  spec->name.c_str(), batch, threads, options.optimize ? "true" : "false", ms.size(), throughput,
+                  Percentile(ms, 50), Percentile(ms, 90), Percentile(ms, 99), *std::min_element(ms.begin(), ms.end()));
+    } else {
+      std::printf("%s batch %2d: %8.2f img/s, batch latency p50 %.2f ms p99 %.2f ms (%zu batches, %d threads)\n",
+                  spec->name.c_str(), batch, throughput, Percentile(ms, 50), Percentile(ms, 99), ms.size(), threads);
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}

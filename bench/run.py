@@ -1,0 +1,309 @@
+"""make bench: the engine ceiling, care-server under load, a Python baseline and memory,
+measured side by side on this machine; writes the report and one latency-throughput plot
+per task.
+
+    /usr/bin/python3 bench/run.py                 # full: docs/benchmarks.md, docs/bench/*.png
+    /usr/bin/python3 bench/run.py --smoke         # seconds: build/bench_smoke/ (make test)
+
+Needs `make build` (care-server, care-bench, care-engine-bench).
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(ROOT, os.environ.get("BUILD_DIR", "build"))
+PYTHON = "/usr/bin/python3"
+CLASSIFIER = "care_s0_imagenet"
+MODELS = {"classify": CLASSIFIER, "detect": "care_s0_retinanet_coco", "segment": "care_s0_fpn_ade20k"}
+
+
+def log(*args):
+    print("bench:", *args, file=sys.stderr, flush=True)
+
+
+def run(cmd, **kwargs):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs).stdout
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Settings:
+    def __init__(self, smoke):
+        self.smoke = smoke
+        self.batches = [1, 4] if smoke else [1, 4, 8, 16, 32]
+        self.engine_seconds = 0.5 if smoke else 5
+        self.concurrency = [1, 4] if smoke else [1, 4, 16, 64]
+        self.duration = 0.5 if smoke else 15
+        self.warmup = 0.3 if smoke else 3
+        self.out = os.path.join(BUILD, "bench_smoke") if smoke else os.path.join(ROOT, "docs")
+        self.plots = os.path.join(self.out, "bench")
+        self.repository = os.path.join(BUILD, "smoke_repository" if smoke else "bench_repository")
+
+
+def export(settings):
+    run(["bash", os.path.join(ROOT, "scripts", "default_repository.sh"), settings.repository])
+    stock = os.path.join(BUILD, "bench_stock_repository")
+    if not os.path.isfile(os.path.join(stock, "care_s0_stock", "1", "model.pt")):
+        run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--out", stock, "--name", "care_s0_stock",
+             "--version", "1", "--no-fold-batchnorm"], env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model")))
+    return stock
+
+
+def engine(settings, model_dir):
+    out = run([os.path.join(BUILD, "care-engine-bench"), f"--model_dir={model_dir}",
+               f"--batch_sizes={','.join(map(str, settings.batches))}", f"--seconds={settings.engine_seconds}", "--json"])
+    return json_lines(out)
+
+
+class Server:
+    def __init__(self, repository):
+        self.log_path = os.path.join(BUILD, "bench_server.log")
+        self.log = open(self.log_path, "w+")
+        self.process = subprocess.Popen([os.path.join(BUILD, "care-server"), f"--model_repository={repository}",
+                                         "--host=127.0.0.1", "--port=0", "--metrics_port=0"], stderr=self.log)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            text = open(self.log_path).read()
+            if self.process.poll() is not None:
+                raise RuntimeError("care-server exited:\n" + text)
+            m = re.search(r"grpc_port=(\d+) metrics_port=(\d+)", text)
+            if m and "msg=serving" in text:
+                self.port, self.metrics_port = int(m.group(1)), int(m.group(2))
+                return
+            time.sleep(0.2)
+        raise RuntimeError("care-server did not start")
+
+    def rss_bytes(self):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read().decode()
+        return float(re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M).group(1))
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def load(settings, port, task, model, concurrency, size):
+    cmd = [os.path.join(BUILD, "care-bench"), f"--server=127.0.0.1:{port}", f"--task={task}",
+           f"--concurrency={concurrency}", f"--duration={settings.duration}", f"--warmup={settings.warmup}",
+           f"--generate={size}", "--json"] + ([f"--model={model}"] if model else [])
+    result = json_lines(run(cmd, timeout=600))[0]
+    result["command"] = " ".join(["care-bench"] + cmd[1:])
+    return result
+
+
+def python_baseline(settings):
+    port = free_port()
+    process = subprocess.Popen([PYTHON, os.path.join(ROOT, "bench", "python_baseline_server.py"), f"--port={port}"],
+                               env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model")),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        if "serving" not in line:
+            raise RuntimeError("python baseline did not start: " + line + process.stderr.read())
+        return [load(settings, port, "classify", "", c, "224x224") for c in settings.concurrency]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def machine():
+    cpu = re.search(r"Model name:\s*(.*)", run(["lscpu"]))
+    memory = re.search(r"MemTotal:\s*(\d+)", open("/proc/meminfo").read())
+    torch_version = run([PYTHON, "-c", "import torch; print(torch.__version__)"]).strip()
+    return {"cpu": cpu.group(1).strip() if cpu else "?", "cores": os.cpu_count(),
+            "memory_gib": round(int(memory.group(1)) / 2**20, 1), "torch": torch_version,
+            "date": datetime.date.today().isoformat()}
+
+
+def plot(settings, task, server_rows, baseline_rows=None):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for rows, name, style in [(server_rows, "care-server", "o-"), (baseline_rows, "Python baseline", "s--")]:
+        if not rows:
+            continue
+        x = [r["throughput_rps"] for r in rows]
+        ax.plot(x, [r["latency_ms"]["p50"] for r in rows], style, label=f"{name} p50")
+        ax.plot(x, [r["latency_ms"]["p99"] for r in rows], style, alpha=0.45, label=f"{name} p99")
+        for r in rows:
+            ax.annotate(f"c={r['concurrency']}", (r["throughput_rps"], r["latency_ms"]["p50"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("throughput (requests/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"{task}: latency vs throughput ({server_rows[0]['size']} JPEG)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    path = os.path.join(settings.plots, f"{task}_{server_rows[0]['size']}.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def table_engine(rows):
+    lines = ["| batch | img/s | batch latency p50 (ms) | p99 (ms) |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['batch']} | {r['throughput_ips']:.1f} | {r['batch_ms']['p50']:.1f} | "
+                     f"{r['batch_ms']['p99']:.1f} |")
+    return lines
+
+
+def table_load(rows):
+    lines = ["| concurrency | requests/s | p50 (ms) | p90 | p99 | p99.9 | max | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        l = r["latency_ms"]
+        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
+        lines.append(f"| {r['concurrency']} | {r['throughput_rps']:.1f} | {l['p50']:.1f} | {l['p90']:.1f} | "
+                     f"{l['p99']:.1f} | {l['p99.9']:.1f} | {l['max']:.1f} | {errors} |")
+    return lines
+
+
+def targets(engine_rows, stock_rows, classify_rows, baseline_rows):
+    ceiling = max(r["throughput_ips"] for r in engine_rows)
+    stock = max(r["throughput_ips"] for r in stock_rows)
+    saturated = max(r["throughput_rps"] for r in classify_rows)
+    b1 = [r for r in engine_rows if r["batch"] == 1][0]["batch_ms"]["p50"]
+    c1 = [r for r in classify_rows if r["concurrency"] == 1][0]["latency_ms"]["p50"]
+    at16 = {r["concurrency"]: r["throughput_rps"] for r in classify_rows}
+    base16 = {r["concurrency"]: r["throughput_rps"] for r in baseline_rows}
+    c = 16 if 16 in at16 and 16 in base16 else max(set(at16) & set(base16))
+    rows = [
+        ("saturated server throughput >= 90% of the engine ceiling's best",
+         f"{saturated:.1f} vs {ceiling:.1f} img/s = {100 * saturated / ceiling:.0f}%", saturated >= 0.9 * ceiling),
+        ("p50 latency at concurrency 1 <= engine batch-1 latency + 2 ms",
+         f"{c1:.1f} ms vs {b1:.1f} + 2 ms", c1 <= b1 + 2),
+        (f">= 2x the Python baseline's throughput at concurrency {c}",
+         f"{at16[c]:.1f} vs {base16[c]:.1f} req/s = {at16[c] / base16[c]:.2f}x", at16[c] >= 2 * base16[c]),
+        ("engine ceiling >= 1.3x stock optimize_for_inference",
+         f"{ceiling:.1f} vs {stock:.1f} img/s = {ceiling / stock:.2f}x", ceiling >= 1.3 * stock),
+    ]
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in rows]
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, to keep the suite working")
+    settings = Settings(parser.parse_args().smoke)
+    os.makedirs(settings.plots, exist_ok=True)
+    started = time.time()
+    log("exporting repositories")
+    stock = export(settings)
+    log("engine ceiling")
+    engine_rows = engine(settings, os.path.join(settings.repository, CLASSIFIER))
+    stock_rows = engine(settings, os.path.join(stock, "care_s0_stock"))
+
+    log("care-server")
+    server = Server(settings.repository)
+    try:
+        rss_loaded = server.rss_bytes()
+        results = {}
+        for task, size in [("classify", "224x224"), ("classify", "640x480"), ("detect", "640x480"),
+                           ("segment", "640x480")]:
+            rows = []
+            for c in settings.concurrency:
+                log(f"{task} {size} concurrency {c}")
+                r = load(settings, server.port, task, MODELS[task], c, size)
+                r["size"] = size
+                rows.append(r)
+            results[(task, size)] = rows
+        rss_after = server.rss_bytes()
+    finally:
+        server.stop()
+    log("python baseline")
+    baseline_rows = python_baseline(settings)
+    for r in baseline_rows:
+        r["size"] = "224x224"
+
+    plots = [plot(settings, task, rows, baseline_rows if (task, size) == ("classify", "224x224") else None)
+             for (task, size), rows in results.items()]
+    info = machine()
+    report = [
+        "# Benchmarks",
+        "",
+        ("Smoke run (make test): durations of a fraction of a second, numbers meaningless; it only keeps "
+         "`make bench` working." if settings.smoke else
+         "Written by `make bench` (`bench/run.py`); every number below was measured in that one run."),
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; Debian 12, LibTorch "
+        f"{info['torch']} (Debian) with OpenBLAS; {info['date']}. Client and server share the machine.",
+        "",
+        "Models: the default repository (`scripts/default_repository.sh`): CARE-S0 ImageNet 224x224 "
+        "(`max_batch_size` 16), RetinaNet COCO and Semantic FPN ADE20K at 512x512 (`max_batch_size` 4); random "
+        "weights (speed does not depend on them). care-server with its defaults (intra-op threads = cores, "
+        "preprocessing threads = cores, one executor per model).",
+        "",
+        "## Targets (CARE-S0, 224x224 JPEG Classify)",
+        "",
+        *targets(engine_rows, stock_rows, results[("classify", "224x224")], baseline_rows),
+        "",
+        "## Engine ceiling: in-process LibTorch, no server",
+        "",
+        f"`care-engine-bench --model_dir=<repository>/{CLASSIFIER} --batch_sizes={','.join(map(str, settings.batches))} "
+        f"--seconds={settings.engine_seconds}`: the exported TorchScript (BatchNorms folded into the following "
+        "convolutions) through care-server's own executor (`torch::jit::optimize_for_inference`, "
+        f"{engine_rows[0]['threads']} intra-op threads, denormals flushed).",
+        "",
+        *table_engine(engine_rows),
+        "",
+        "Stock: the same model exported with `--no-fold-batchnorm`, through the same executor "
+        "(`torch::jit::optimize_for_inference` only):",
+        "",
+        *table_engine(stock_rows),
+        "",
+        "## care-server",
+        "",
+        f"`care-bench` closed loop, {settings.warmup} s warm-up then {settings.duration} s per row, JPEGs made "
+        "from Debian's skimage photos (quality 90).",
+        "",
+    ]
+    for (task, size), rows in results.items():
+        report += [f"### {task}, {size} JPEG", "", f"Command: `{rows[-1]['command']}` (and the other concurrencies)",
+                   "", *table_load(rows), ""]
+    report += [
+        "## Python baseline",
+        "",
+        "`bench/python_baseline_server.py`: python3-grpcio server, eager CARE-S0 from carevision (same weights), "
+        "PIL + torchvision preprocessing, 8 worker threads, one image per forward; same care-bench commands "
+        "(224x224 JPEG Classify).",
+        "",
+        *table_load(baseline_rows),
+        "",
+        "## Memory",
+        "",
+        f"care-server resident memory with the default repository loaded and warm: {rss_loaded / 2**20:.0f} MiB; "
+        f"after the load above: {rss_after / 2**20:.0f} MiB (`process_resident_memory_bytes`).",
+        "",
+        "## Plots",
+        "",
+    ]
+    report += [f"![{os.path.basename(p)}]({os.path.relpath(p, settings.out)})" for p in plots]
+    report += ["", f"Run time: {time.time() - started:.0f} s.", ""]
+    path = os.path.join(settings.out, "benchmarks.md")
+    with open(path, "w") as f:
+        f.write("\n".join(report))
+    log(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
