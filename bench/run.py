@@ -122,13 +122,19 @@ def python_baseline(settings):
         process.wait(timeout=30)
 
 
+def commit():
+    head = run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).strip()
+    dirty = run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).strip()
+    return head + (" with uncommitted changes" if dirty else "")
+
+
 def machine():
     cpu = re.search(r"Model name:\s*(.*)", run(["lscpu"]))
     memory = re.search(r"MemTotal:\s*(\d+)", open("/proc/meminfo").read())
     torch_version = run([PYTHON, "-c", "import torch; print(torch.__version__)"]).strip()
     return {"cpu": cpu.group(1).strip() if cpu else "?", "cores": os.cpu_count(),
             "memory_gib": round(int(memory.group(1)) / 2**20, 1), "torch": torch_version,
-            "date": datetime.date.today().isoformat()}
+            "date": datetime.date.today().isoformat(), "commit": commit()}
 
 
 def plot(settings, task, server_rows, baseline_rows=None):
@@ -243,7 +249,8 @@ def main():
         "",
         ("Smoke run (make test): durations of a fraction of a second, numbers meaningless; it only keeps "
          "`make bench` working." if settings.smoke else
-         "Written by `make bench` (`bench/run.py`); every number below was measured in that one run."),
+         f"Written by `make bench` (`bench/run.py`) at commit {info['commit']}; every number below was "
+         "measured in that one run."),
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; Debian 12, LibTorch "
         f"{info['torch']} (Debian) with OpenBLAS; {info['date']}. Client and server share the machine.",
