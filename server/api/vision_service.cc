@@ -101,7 +101,18 @@ ServedModel* VisionService::ResolveOrAnswer(Call* call, const std::string& name,
 void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image, RespondOn where,
                           Respond respond) {
   call->Accept(model);
-  preprocess_->Schedule([this, call, model, image, where, respond = std::move(respond)]() mutable {
+  // Until it is submitted (or answered early), the batcher knows this request is coming.
+  struct Arrival {
+    ModelScheduler* scheduler;
+    explicit Arrival(ModelScheduler* s) : scheduler(s) { scheduler->Arriving(); }
+    Arrival(Arrival&& other) : scheduler(std::exchange(other.scheduler, nullptr)) {}
+    ~Arrival() { Done(); }
+    void Done() {
+      if (scheduler != nullptr) std::exchange(scheduler, nullptr)->Arrived();
+    }
+  };
+  preprocess_->Schedule([this, call, model, image, where, arrival = Arrival(model->scheduler.get()),
+                         respond = std::move(respond)]() mutable {
     const absl::Time start = absl::Now();
     if (start >= call->deadline()) {
       return call->Answer(absl::DeadlineExceededError(absl::StrCat(
@@ -134,6 +145,7 @@ void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image
     auto request = std::make_unique<InferenceRequest>(std::move(resized), call->deadline(), call->cancelled_flag(),
                                                       std::move(done));
     absl::Status submitted = model->scheduler->Submit(&request);
+    arrival.Done();  // after Submit: the batch this request can join does not leave without it
     if (!submitted.ok()) {
       call->Answer(absl::Status(submitted.code(), absl::StrCat("model \"", model->spec->name, "\" version ",
                                                                model->version, ": ", submitted.message())));

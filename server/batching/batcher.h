@@ -60,10 +60,15 @@ class Batcher {
   using Batch = std::vector<QueuedTask<Task>>;
   // Runs one batch on an executor thread; owns the tasks from then on.
   using RunBatch = std::function<void(Batch batch)>;
+  // Whether more tasks are on their way (accepted upstream, not submitted yet). When it
+  // says no, a partial batch runs at once instead of waiting out max_queue_delay for
+  // company that cannot come. Call Wake() when its answer turns to no.
+  using MoreComing = std::function<bool()>;
 
-  // `options` must be valid (see BatchOptions::Validate).
-  Batcher(BatchOptions options, RunBatch run_batch, Clock* clock = RealClock::Get())
-      : options_(options), run_batch_(std::move(run_batch)), clock_(clock) {
+  // `options` must be valid (see BatchOptions::Validate). Without `more_coming`, a
+  // partial batch always waits max_queue_delay.
+  Batcher(BatchOptions options, RunBatch run_batch, Clock* clock = RealClock::Get(), MoreComing more_coming = nullptr)
+      : options_(options), run_batch_(std::move(run_batch)), clock_(clock), more_coming_(std::move(more_coming)) {
     queue_.reserve(options_.queue_capacity);
     for (int i = 0; i < options_.instances; ++i) executors_.emplace_back([this] { ExecutorLoop(); });
   }
@@ -86,6 +91,12 @@ class Batcher {
     queue_.push_back({std::move(*task), clock_->Now()});
     cv_.Signal();
     return absl::OkStatus();
+  }
+
+  // Makes the executors look at the queue again (see MoreComing).
+  void Wake() {
+    absl::MutexLock lock(&mu_);
+    cv_.SignalAll();
   }
 
   int QueueDepth() const {
@@ -122,6 +133,7 @@ class Batcher {
             continue;
           }
           if (static_cast<int>(queue_.size()) >= options_.max_batch_size || stopping_) break;
+          if (more_coming_ && !more_coming_()) break;  // nothing to wait for
           absl::Time flush_at = queue_.front().enqueued + options_.max_queue_delay;
           if (clock_->Now() >= flush_at) break;
           clock_->WaitUntil(&mu_, &cv_, flush_at);
@@ -159,6 +171,7 @@ class Batcher {
   const BatchOptions options_;
   const RunBatch run_batch_;
   Clock* const clock_;
+  const MoreComing more_coming_;
   mutable absl::Mutex mu_;
   absl::CondVar cv_;
   std::vector<QueuedTask<Task>> queue_ ABSL_GUARDED_BY(mu_);

@@ -62,6 +62,14 @@ class ModelScheduler {
   void Stop();
   int QueueDepth() const { return batcher_->QueueDepth(); }
 
+  // A request for this model was accepted and is being preprocessed: the batcher waits
+  // for it (up to max_queue_delay) rather than running a partial batch without it.
+  void Arriving() { arriving_.fetch_add(1); }
+  // It was submitted, or will never be (answered early). Call exactly once per Arriving.
+  void Arrived() {
+    if (arriving_.fetch_sub(1) == 1) batcher_->Wake();
+  }
+
  private:
   using Batch = Batcher<InferenceRequest>::Batch;
   void RunBatch(Batch batch);
@@ -75,6 +83,7 @@ class ModelScheduler {
   ModelMetrics* const metrics_;
   absl::Mutex buffers_mu_;
   std::vector<std::unique_ptr<std::vector<float>>> buffers_ ABSL_GUARDED_BY(buffers_mu_);
+  std::atomic<int> arriving_{0};
   std::unique_ptr<Batcher<InferenceRequest>> batcher_;
 };
 

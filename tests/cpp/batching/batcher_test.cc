@@ -124,6 +124,37 @@ TEST(BatcherTest, PartialBatchRunsWhenTheOldestTaskHasWaitedTheDelay) {
   EXPECT_EQ(batcher.QueueDepth(), 0);
 }
 
+TEST(BatcherTest, PartialBatchRunsAtOnceWhenNothingMoreIsComing) {
+  FakeClock clock;
+  Recorder rec;
+  absl::Status failure;
+  std::atomic<int> arriving{2};  // two tasks accepted upstream, still being prepared
+  Batcher<FakeTask> batcher(
+      Options(4, absl::Hours(1)), [&](auto b) { rec.Run(std::move(b)); }, &clock,
+      [&] { return arriving.load() > 0; });
+  auto first = Task(0, &failure);
+  --arriving;
+  ASSERT_TRUE(batcher.Submit(&first).ok());
+  absl::SleepFor(absl::Milliseconds(50));  // one more is on its way: the batch waits for it
+  EXPECT_TRUE(rec.batches().empty());
+  auto second = Task(1, &failure);
+  --arriving;
+  ASSERT_TRUE(batcher.Submit(&second).ok());
+  ASSERT_TRUE(rec.AwaitBatches(1));  // none coming now: runs with two, the clock never moved
+  EXPECT_EQ(rec.batches(), (std::vector<std::vector<int>>{{0, 1}}));
+
+  // An arrival that never comes (its preprocessing failed) wakes the executor too.
+  arriving = 1;
+  auto third = Task(2, &failure);
+  ASSERT_TRUE(batcher.Submit(&third).ok());
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_EQ(rec.batches().size(), 1u);
+  arriving = 0;
+  batcher.Wake();
+  ASSERT_TRUE(rec.AwaitBatches(2));
+  EXPECT_EQ(rec.batches()[1], std::vector<int>{2});
+}
+
 TEST(BatcherTest, FullQueueIsRefusedAtOnceAndTheTaskStaysWithTheCaller) {
   FakeClock clock;
   Recorder rec;
