@@ -447,22 +447,42 @@ TEST_F(ServerTest, AFullQueueAnswersResourceExhaustedAtOnce) {
 }
 
 TEST_F(ServerTest, ARequestWhoseDeadlinePassesInTheQueueIsDroppedNotComputed) {
-  // care_s0_cls waits up to 20 ms for a batch to fill; this request gives up after 5.
-  v1::ClassifyRequest request;
-  request.set_model("care_s0_cls");
-  *request.mutable_image() = TestImage(Photos(), 5);  // raw: no decoding time
+  // Keep care_s0_cls's executor busy with a burst of 32 (two full batches), then send a
+  // request that gives up after 5 ms: it waits behind the burst and expires unrun.
+  constexpr int kBurst = 32;
+  const std::vector<cv::Mat> photos = Photos();
   const std::string model = "{model=\"care_s0_cls\"}";
   const std::string before = HttpGet(server_->metrics_port(), "/metrics");
+  std::vector<v1::ClassifyRequest> burst(kBurst);
+  std::vector<v1::ClassifyResponse> burst_responses(kBurst);
+  std::vector<grpc::ClientContext> burst_contexts(kBurst);
+  absl::Mutex mu;
+  int done = 0;
+  for (int i = 0; i < kBurst; ++i) {
+    burst[i].set_model("care_s0_cls");
+    *burst[i].mutable_image() = TestImage(photos, 6 * i + 5);  // raw: no decoding time
+    stub_->async()->Classify(&burst_contexts[i], &burst[i], &burst_responses[i], [&](grpc::Status) {
+      absl::MutexLock lock(&mu);
+      ++done;
+    });
+  }
+  v1::ClassifyRequest request;
+  request.set_model("care_s0_cls");
+  *request.mutable_image() = TestImage(photos, 5);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(5));
   v1::ClassifyResponse response;
   EXPECT_EQ(stub_->Classify(&context, request, &response).error_code(), StatusCode::DEADLINE_EXCEEDED);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the batch timeout passes
+  {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(+[](int* d) { return *d == kBurst; }, &done));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the server's bookkeeping settles
   const std::string after = HttpGet(server_->metrics_port(), "/metrics");
   auto delta = [&](const std::string& series) {
     return Sample(after, series) - std::max(0.0, Sample(before, series));
   };
-  EXPECT_EQ(delta("care_batch_size_sum" + model), 0) << "the expired request was computed";
+  EXPECT_EQ(delta("care_batch_size_sum" + model), kBurst) << "the expired request was computed";
   auto dropped = [](const char* code) {
     return absl::StrFormat(R"(care_requests_total{code="%s",method="Classify",model="care_s0_cls"})", code);
   };
