@@ -258,7 +258,7 @@ def main():
         "Models: the default repository (`scripts/default_repository.sh`): CARE-S0 ImageNet 224x224 "
         "(`max_batch_size` 16), RetinaNet COCO and Semantic FPN ADE20K at 512x512 (`max_batch_size` 4); random "
         "weights (speed does not depend on them). care-server with its defaults (intra-op threads = cores, "
-        "preprocessing threads = cores, one executor per model).",
+        "preprocessing threads = half the cores, one executor per model).",
         "",
         "## Targets (CARE-S0, 224x224 JPEG Classify)",
         "",
@@ -288,6 +288,15 @@ def main():
         report += [f"### {task}, {size} JPEG", "", f"Command: `{rows[-1]['command']}` (and the other concurrencies)",
                    "", *table_load(rows), ""]
     report += [
+        "## Thread layout",
+        "",
+        "On this 2-core machine: LibTorch intra-op threads 2 (all cores: one batch at a time uses the whole "
+        "machine), one executor per model, 1 preprocessing thread. Measured before making it the default "
+        "(`care-bench --concurrency=64 --duration=10 --warmup=3 --generate=224x224`, CARE-S0 224, two runs each): "
+        "`--preprocess_threads=1` 66.2 and 68.5 img/s, `--preprocess_threads=2` 62.4 and 59.0 img/s; with two "
+        "the pool's threads and the intra-op threads oversubscribe the cores while a batch runs. Override with "
+        "`--intra_op_threads`, `--preprocess_threads` and `batching.instances`.",
+        "",
         "## Python baseline",
         "",
         "`bench/python_baseline_server.py`: python3-grpcio server, eager CARE-S0 from carevision (same weights), "

@@ -39,7 +39,9 @@ ABSL_FLAG(int, metrics_port, 9091, "Prometheus /metrics port (0: any free port; 
 ABSL_FLAG(int, intra_op_threads, 0,
           "LibTorch intra-op threads per inference (0: one per core). LibTorch's own default here is 1.");
 ABSL_FLAG(int, inter_op_threads, 1, "LibTorch inter-op threads (the models here have no parallel branches).");
-ABSL_FLAG(int, preprocess_threads, 0, "Threads decoding and resizing images (0: one per core).");
+ABSL_FLAG(int, preprocess_threads, 0,
+          "Worker threads: decoding and resizing images, dense-task answers (0: half the cores, at least one; "
+          "they share the cores with LibTorch's intra-op threads).");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "Largest request or response message, in bytes.");
 ABSL_FLAG(int64_t, max_image_pixels, 40'000'000, "Largest image accepted, in pixels (width x height).");
 ABSL_FLAG(int, warmup_runs, 2, "Warm-up passes per model version (batch 1 and max_batch_size) before serving.");
@@ -64,7 +66,11 @@ int Run() {
     return 2;
   }
   const int intra = absl::GetFlag(FLAGS_intra_op_threads) > 0 ? absl::GetFlag(FLAGS_intra_op_threads) : Cores();
-  const int pre = absl::GetFlag(FLAGS_preprocess_threads) > 0 ? absl::GetFlag(FLAGS_preprocess_threads) : Cores();
+  // Half the cores: the pool runs while LibTorch's intra-op threads (one per core) run the
+  // previous batch. Measured on 2 cores, CARE-S0 224 at concurrency 64: 1 thread 66-68.5
+  // img/s, 2 threads 59-62 (docs/benchmarks.md).
+  const int pre = absl::GetFlag(FLAGS_preprocess_threads) > 0 ? absl::GetFlag(FLAGS_preprocess_threads)
+                                                               : std::max(1, Cores() / 2);
   const int64_t max_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   if (max_pixels < 1) {
     Log(LogLevel::kError, "--max_image_pixels must be positive");
