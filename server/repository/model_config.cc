@@ -134,13 +134,20 @@ absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path) {
   return labels;
 }
 
-absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& json, const std::vector<std::string>& labels) {
+namespace {
+
+// config.json -> ModelConfig; keys the schema does not know are ignored (keys may be
+// added, like the exporter's `export` report).
+absl::StatusOr<ModelConfig> ParseConfig(const std::string& json) {
   ModelConfig config;
   google::protobuf::util::JsonParseOptions options;
-  options.ignore_unknown_fields = true;  // keys may be added (the exporter's report, say)
+  options.ignore_unknown_fields = true;
   auto parsed = google::protobuf::util::JsonStringToMessage(json, &config, options);
   if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat("not valid: ", parsed.message().as_string()));
+  return config;
+}
 
+absl::StatusOr<ModelSpec> SpecFromConfig(const ModelConfig& config, const std::vector<std::string>& labels) {
   ModelSpec spec;
   spec.name = config.name();
   if (spec.name.empty()) return absl::InvalidArgumentError("name is required");
@@ -174,18 +181,22 @@ absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& json, const std::vec
   return spec;
 }
 
+}  // namespace
+
+absl::StatusOr<ModelSpec> ParseModelSpec(const std::string& json, const std::vector<std::string>& labels) {
+  absl::StatusOr<ModelConfig> config = ParseConfig(json);
+  if (!config.ok()) return config.status();
+  return SpecFromConfig(*config, labels);
+}
+
 absl::StatusOr<ModelSpec> ReadModelSpec(const std::string& model_dir) {
   const std::string config_path = (fs::path(model_dir) / kConfigFile).string();
   auto json = ReadFile(config_path);
   if (!json.ok()) return json.status();
 
-  // The labels file is named in the config; peek at it before the full parse.
-  ModelConfig config;
-  google::protobuf::util::JsonParseOptions options;
-  options.ignore_unknown_fields = true;
-  auto parsed = google::protobuf::util::JsonStringToMessage(*json, &config, options);
-  if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat(config_path, " is not valid: ", parsed.message().as_string()));
-  const std::string labels_name = config.has_labels() ? config.labels() : "labels.txt";
+  absl::StatusOr<ModelConfig> config = ParseConfig(*json);
+  if (!config.ok()) return absl::InvalidArgumentError(absl::StrCat(config_path, " is ", config.status().message()));
+  const std::string labels_name = config->has_labels() ? config->labels() : "labels.txt";
   if (labels_name.empty() || fs::path(labels_name).is_absolute() || labels_name.find("..") != std::string::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat(config_path, ": labels must name a file inside the model directory, got \"", labels_name, "\""));
@@ -193,7 +204,7 @@ absl::StatusOr<ModelSpec> ReadModelSpec(const std::string& model_dir) {
   auto labels = ReadLabels((fs::path(model_dir) / labels_name).string());
   if (!labels.ok()) return labels.status();
 
-  auto spec = ParseModelSpec(*json, *labels);
+  auto spec = SpecFromConfig(*config, *labels);
   if (!spec.ok()) return absl::Status(spec.status().code(), absl::StrCat(config_path, ": ", spec.status().message()));
   const std::string dir_name = fs::path(model_dir).filename().string();
   if (spec->name != dir_name) {
