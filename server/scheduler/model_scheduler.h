@@ -45,7 +45,7 @@ class InferenceRequest {
 
 class ModelScheduler {
  public:
-  // `model` and `metrics` must outlive the scheduler.
+  // `spec`, `model` and `metrics` must outlive the scheduler (the repository owns them).
   ModelScheduler(const ModelSpec& spec, const TorchModel* model, ModelMetrics* metrics);
   // Runs what is queued, then stops.
   ~ModelScheduler();
@@ -78,7 +78,7 @@ class ModelScheduler {
   std::unique_ptr<std::vector<float>> TakeBuffer();
   void ReturnBuffer(std::unique_ptr<std::vector<float>> buffer);
 
-  const ModelSpec spec_;
+  const ModelSpec& spec_;
   const TorchModel* const model_;
   ModelMetrics* const metrics_;
   absl::Mutex buffers_mu_;
