@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "opencv2/imgproc.hpp"
 
@@ -68,16 +69,21 @@ cv::Mat DrawDetections(const cv::Mat& bgr, const care::vision::v1::DetectRespons
 }
 
 cv::Mat DrawSegmentation(const cv::Mat& bgr, const cv::Mat& mask, const care::vision::v1::SegmentResponse& response) {
-  cv::Mat colored(mask.size(), CV_8UC3);
+  // One colour per class, looked up per pixel (ClassColor converts HSV: once per class).
   cv::Mat classes;
   mask.convertTo(classes, CV_32S);
+  double max_class = 0;
+  cv::minMaxLoc(classes, nullptr, &max_class);
+  std::vector<cv::Vec3b> palette(static_cast<size_t>(max_class) + 1);
+  for (size_t c = 0; c < palette.size(); ++c) {
+    const cv::Scalar color = ClassColor(static_cast<int>(c));
+    palette[c] = cv::Vec3b(static_cast<uchar>(color[0]), static_cast<uchar>(color[1]), static_cast<uchar>(color[2]));
+  }
+  cv::Mat colored(mask.size(), CV_8UC3);
   for (int y = 0; y < classes.rows; ++y) {
     const int* row = classes.ptr<int>(y);
     cv::Vec3b* dst = colored.ptr<cv::Vec3b>(y);
-    for (int x = 0; x < classes.cols; ++x) {
-      const cv::Scalar c = ClassColor(row[x]);
-      dst[x] = cv::Vec3b(static_cast<uchar>(c[0]), static_cast<uchar>(c[1]), static_cast<uchar>(c[2]));
-    }
+    for (int x = 0; x < classes.cols; ++x) dst[x] = palette[row[x]];
   }
   cv::Mat out;
   cv::addWeighted(bgr, 0.5, colored, 0.5, 0.0, out);
