@@ -4,10 +4,12 @@
 //
 //   care-engine-bench --model_dir=REPO/care_s0_imagenet --batch_sizes=1,4,8,16,32 --seconds=5 --json
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -17,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "server/common/memory.h"
 #include "server/engine/torch_model.h"
 #include "server/repository/model_config.h"
 
@@ -26,6 +29,11 @@ ABSL_FLAG(std::string, batch_sizes, "1,4,8,16,32", "Batch sizes to measure.");
 ABSL_FLAG(double, seconds, 5, "Measured seconds per batch size (at least 3 batches).");
 ABSL_FLAG(int, warmup_runs, 3, "Unmeasured batches first, per batch size.");
 ABSL_FLAG(int, intra_op_threads, 0, "LibTorch intra-op threads (0: one per core), as care-server.");
+ABSL_FLAG(int, instances, 1,
+          "Batches running at the same time (as care-server's --engine_runners), each with "
+          "intra_op_threads / instances threads; throughput is their sum.");
+ABSL_FLAG(bool, keep_freed_memory, true,
+          "As care-server: malloc keeps freed activations for the next batch (false: glibc's defaults).");
 ABSL_FLAG(bool, optimize_for_inference, true, "As care-server's flag of the same name.");
 ABSL_FLAG(bool, json, false, "One JSON object per batch size, one per line.");
 
@@ -51,7 +59,10 @@ int main(int argc, char** argv) {
   }
   const int threads = absl::GetFlag(FLAGS_intra_op_threads) > 0 ? absl::GetFlag(FLAGS_intra_op_threads)
                                                                 : static_cast<int>(std::thread::hardware_concurrency());
-  careserve::ConfigureTorch(threads, 1);
+  const int instances = std::max(1, absl::GetFlag(FLAGS_instances));
+  const int per_instance = std::max(1, threads / instances);
+  if (absl::GetFlag(FLAGS_keep_freed_memory)) careserve::KeepFreedMemory();
+  careserve::ConfigureTorch(per_instance, instances, 1);
   careserve::EngineOptions options;
   options.optimize = absl::GetFlag(FLAGS_optimize_for_inference);
   const std::string path = absl::StrCat(dir, "/", absl::GetFlag(FLAGS_version), "/model.pt");
@@ -73,29 +84,48 @@ int main(int argc, char** argv) {
     // all-zero inputs can take slow denormal paths a real input never does).
     std::vector<float> input(static_cast<size_t>(batch) * 3 * h * w);
     for (float& v : input) v = normal(rng);
-    for (int i = 0; i < absl::GetFlag(FLAGS_warmup_runs); ++i) (void)(*model)->Run(input.data(), batch, h, w);
-    std::vector<double> ms;
-    const auto start = std::chrono::steady_clock::now();
-    while (ms.size() < 3 ||
-           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < absl::GetFlag(FLAGS_seconds)) {
-      const auto t = std::chrono::steady_clock::now();
-      auto outputs = (*model)->Run(input.data(), batch, h, w);
-      if (!outputs.ok()) {
-        std::fprintf(stderr, "error: %s\n", std::string(outputs.status().message()).c_str());
+    std::vector<std::vector<double>> per(instances);
+    std::vector<std::string> errors(instances);
+    std::chrono::steady_clock::time_point start;
+    std::atomic<int> ready{0};
+    auto executor = [&](int i) {
+      for (int r = 0; r < absl::GetFlag(FLAGS_warmup_runs); ++r) (void)(*model)->Run(input.data(), batch, h, w);
+      // Measure from when every executor is warm.
+      if (ready.fetch_add(1) + 1 == instances) start = std::chrono::steady_clock::now();
+      while (ready.load() < instances) std::this_thread::yield();
+      const auto begin = std::chrono::steady_clock::now();
+      while (per[i].size() < 3 ||
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() < absl::GetFlag(FLAGS_seconds)) {
+        const auto t = std::chrono::steady_clock::now();
+        auto outputs = (*model)->Run(input.data(), batch, h, w);
+        if (!outputs.ok()) {
+          errors[i] = std::string(outputs.status().message());
+          return;
+        }
+        per[i].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
+      }
+    };
+    std::vector<std::thread> pool;
+    for (int i = 0; i < instances; ++i) pool.emplace_back(executor, i);
+    for (std::thread& t : pool) t.join();
+    for (const std::string& e : errors) {
+      if (!e.empty()) {
+        std::fprintf(stderr, "error: %s\n", e.c_str());
         return 1;
       }
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
     }
+    std::vector<double> ms;
+    for (const auto& v : per) ms.insert(ms.end(), v.begin(), v.end());
     const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double throughput = ms.size() * batch / total_s;
     if (absl::GetFlag(FLAGS_json)) {
-      std::printf("{\"model\": \"%s\", \"batch\": %d, \"threads\": %d, \"optimize\": %s, \"batches\": %zu, "
+      std::printf("{\"model\": \"%s\", \"batch\": %d, \"threads\": %d, \"instances\": %d, \"optimize\": %s, \"batches\": %zu, "
                   "\"throughput_ips\": %.3f, \"batch_ms\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"min\": %.3f}}\n",
-                  spec->name.c_str(), batch, threads, options.optimize ? "true" : "false", ms.size(), throughput,
+                  spec->name.c_str(), batch, threads, instances, options.optimize ? "true" : "false", ms.size(), throughput,
                   Percentile(ms, 50), Percentile(ms, 90), Percentile(ms, 99), *std::min_element(ms.begin(), ms.end()));
     } else {
-      std::printf("%s batch %2d: %8.2f img/s, batch latency p50 %.2f ms p99 %.2f ms (%zu batches, %d threads)\n",
-                  spec->name.c_str(), batch, throughput, Percentile(ms, 50), Percentile(ms, 99), ms.size(), threads);
+      std::printf("%s batch %2d: %8.2f img/s, batch latency p50 %.2f ms p99 %.2f ms (%zu batches, %d threads, %d instances)\n",
+                  spec->name.c_str(), batch, throughput, Percentile(ms, 50), Percentile(ms, 99), ms.size(), threads, instances);
     }
     std::fflush(stdout);
   }

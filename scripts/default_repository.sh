@@ -10,13 +10,15 @@
 # checkpoints: ImageNet classifier; mmdet RetinaNet; mmseg Semantic FPN), else random
 # weights, reported as such (weights.source: random) in config.json, ListModels, the
 # server's log and care_model_info.
-# A model is re-exported only when its weights source changed (OUT/.stamps).
+# A model is re-exported only when its weights source or the exporter (model/carevision)
+# changed (OUT/.stamps).
 set -euo pipefail
 out=$1
 checkpoints=${2:-}
 src=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH=$src/model
 mkdir -p "$out/.stamps"
+exporter=$(cat "$src"/model/carevision/*.py | sha256sum | cut -c1-16)
 
 # export_one NAME CHECKPOINT_FILE ARGS...
 export_one() {
@@ -30,6 +32,7 @@ export_one() {
   elif [ -n "$checkpoints" ]; then
     echo "default repository: $checkpoints/$checkpoint not found: $name gets random weights" >&2
   fi
+  source="$source exporter $exporter"
   local stamp="$out/.stamps/$name"
   if [ -f "$out/$name/1/model.pt" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$source" ]; then
     echo "default repository: $name is up to date ($source)" >&2

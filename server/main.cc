@@ -21,6 +21,7 @@
 #include "opencv2/core.hpp"
 #include "server/api/vision_service.h"
 #include "server/common/log.h"
+#include "server/common/memory.h"
 #include "server/common/thread_pool.h"
 #include "server/engine/torch_model.h"
 #include "server/metrics/metrics.h"
@@ -36,8 +37,13 @@ ABSL_FLAG(std::string, model_repository, "", "Model repository directory (one fo
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on for gRPC and metrics.");
 ABSL_FLAG(int, port, 50051, "gRPC port (0: any free port, logged at startup).");
 ABSL_FLAG(int, metrics_port, 9091, "Prometheus /metrics port (0: any free port; -1: no metrics endpoint).");
+ABSL_FLAG(int, engine_runners, 0,
+          "Batches computed at the same time, across all models: LibTorch runs on this many dedicated threads "
+          "(0: one per core, each batch on one core: the most throughput; 1 with all cores per batch: the "
+          "lowest latency at light load). Models without batching.instances get one executor per runner.");
 ABSL_FLAG(int, intra_op_threads, 0,
-          "LibTorch intra-op threads per inference (0: one per core). LibTorch's own default here is 1.");
+          "LibTorch intra-op threads per batch (0: the cores divided among --engine_runners, at least one). "
+          "LibTorch's own default here is 1.");
 ABSL_FLAG(int, inter_op_threads, 1, "LibTorch inter-op threads (the models here have no parallel branches).");
 ABSL_FLAG(int, preprocess_threads, 0,
           "Worker threads: decoding and resizing images, dense-task answers (0: half the cores, at least one; "
@@ -65,7 +71,14 @@ int Run() {
     Log(LogLevel::kError, "--model_repository is required");
     return 2;
   }
-  const int intra = absl::GetFlag(FLAGS_intra_op_threads) > 0 ? absl::GetFlag(FLAGS_intra_op_threads) : Cores();
+  const int runners = absl::GetFlag(FLAGS_engine_runners) > 0 ? absl::GetFlag(FLAGS_engine_runners) : Cores();
+  if (absl::GetFlag(FLAGS_engine_runners) < 0 || runners > 64) {
+    Log(LogLevel::kError, "--engine_runners must be between 0 and 64",
+        {{"engine_runners", std::to_string(absl::GetFlag(FLAGS_engine_runners))}});
+    return 2;
+  }
+  const int intra = absl::GetFlag(FLAGS_intra_op_threads) > 0 ? absl::GetFlag(FLAGS_intra_op_threads)
+                                                             : std::max(1, Cores() / runners);
   // Half the cores: the pool runs while LibTorch's intra-op threads (one per core) run the
   // previous batch. Measured on 2 cores, CARE-S0 224 at concurrency 64: 1 thread 66-68.5
   // img/s, 2 threads 59-62 (docs/benchmarks.md).
@@ -84,7 +97,8 @@ int Run() {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  ConfigureTorch(intra, absl::GetFlag(FLAGS_inter_op_threads));
+  KeepFreedMemory();
+  ConfigureTorch(intra, runners, absl::GetFlag(FLAGS_inter_op_threads));
   cv::setNumThreads(0);  // requests are decoded in parallel on our pool, each on one thread
   SetDecoderPixelCap(max_pixels);
 
@@ -129,6 +143,7 @@ int Run() {
   Log(LogLevel::kInfo, "listening",
       {{"grpc_port", std::to_string(grpc_port)},
        {"metrics_port", std::to_string(metrics_port)},
+       {"engine_runners", std::to_string(runners)},
        {"intra_op_threads", std::to_string(intra)},
        {"preprocess_threads", std::to_string(pre)},
        {"torch", TorchVersion()}});
@@ -136,6 +151,7 @@ int Run() {
   RepositoryOptions options;
   options.strict = absl::GetFlag(FLAGS_strict);
   options.warmup_runs = absl::GetFlag(FLAGS_warmup_runs);
+  options.default_instances = runners;
   options.engine.optimize = absl::GetFlag(FLAGS_optimize_for_inference);
   const absl::Time load_start = absl::Now();
   absl::StatusOr<std::unique_ptr<ModelRepository>> repository = ModelRepository::Load(repository_dir, options, &metrics);

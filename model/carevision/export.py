@@ -32,7 +32,7 @@ HEAD_NAME = {"classification": "", "detection": "_retinanet", "segmentation": "_
 DEFAULT_INPUT = {"classification": (224, 224), "detection": (512, 512), "segmentation": (512, 512)}
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
-DEFAULT_BATCHING = {"max_batch_size": 16, "max_queue_delay_us": 2000, "queue_capacity": 256, "instances": 1}
+DEFAULT_BATCHING = {"max_batch_size": 16, "max_queue_delay_us": 2000, "queue_capacity": 256}
 DETECTION_POSTPROCESS = {"score_threshold": 0.05, "iou_threshold": 0.5, "max_detections": 100}
 
 
@@ -110,10 +110,11 @@ def build_config(args, name: str, num_classes: int, weights: dict, report: dict)
             "max_batch_size": args.max_batch_size,
             "max_queue_delay_us": args.max_queue_delay_us,
             "queue_capacity": args.queue_capacity,
-            "instances": args.instances,
         },
         "export": dict(report, torch=torch.__version__, format="torchscript-frozen"),
     }
+    if args.instances is not None:
+        config["batching"]["instances"] = args.instances
     if args.task == "classification":
         config["input"].update(resize="center_crop", crop_pct=args.crop_pct, interpolation="bicubic")
     else:
@@ -207,7 +208,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=DEFAULT_BATCHING["max_batch_size"])
     p.add_argument("--max-queue-delay-us", type=int, default=DEFAULT_BATCHING["max_queue_delay_us"])
     p.add_argument("--queue-capacity", type=int, default=DEFAULT_BATCHING["queue_capacity"])
-    p.add_argument("--instances", type=int, default=DEFAULT_BATCHING["instances"])
+    p.add_argument("--instances", type=int, default=None,
+                   help="batches of this model computed at once (default: left out of config.json: "
+                        "care-server then uses one per --engine_runners)")
     return p
 
 

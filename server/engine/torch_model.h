@@ -58,19 +58,31 @@ class TorchModel {
   ~TorchModel();
 
   // Runs the network on `batch` images stored as float32 NCHW at `input` (owned by the
-  // caller, not copied, not modified). Thread-safe: executors may share one model.
+  // caller, not copied, not modified), on one of the engine's runner threads (see
+  // ConfigureTorch); blocks until done. Thread-safe: executors may share one model.
   absl::StatusOr<BatchOutputs> Run(float* input, int batch, int height, int width) const;
 
  private:
+  absl::StatusOr<BatchOutputs> RunHere(float* input, int batch, int height, int width) const;
   struct Impl;
   explicit TorchModel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 
-// Process-wide LibTorch settings, before any model loads: intra-op and inter-op thread
-// counts (LibTorch's own defaults here are poor: 1 intra-op thread), and flushing
-// denormals to zero (random or badly scaled weights otherwise run up to 50x slower).
-void ConfigureTorch(int intra_op_threads, int inter_op_threads);
+// Process-wide LibTorch settings, before any model loads. All LibTorch work (loading,
+// optimising, every batch of every model) runs on `runners` dedicated threads with
+// `intra_op_threads` intra-op threads each: at most `runners` batches run at once, and
+// OpenMP keeps one team per runner (more teams than cores make GNU OpenMP sleep between
+// parallel regions, ~30% slower here). Also flushes denormals to zero (random or badly
+// scaled weights otherwise run up to 50x slower). LibTorch's own default here is 1
+// intra-op thread.
+void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads);
+
+// The number of runner threads.
+int EngineRunners();
+
+// The intra-op thread count of the calling thread only, leaving the process value alone.
+void SetThreadIntraOpThreads(int threads);
 
 std::string TorchVersion();
 

@@ -177,6 +177,7 @@ absl::StatusOr<ModelSpec> SpecFromConfig(const ModelConfig& config, const std::v
   spec.is_default = config.has_default_() && config.default_();
   if (absl::Status s = ApplyInput(config, spec.task, &spec.input); !s.ok()) return s;
   if (absl::Status s = ApplyBatching(config, &spec.batching); !s.ok()) return s;
+  spec.instances_configured = config.batching().has_instances();
   if (absl::Status s = ApplyPostprocess(config, &spec.postprocess); !s.ok()) return s;
   return spec;
 }

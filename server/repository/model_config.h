@@ -33,6 +33,9 @@ struct ModelSpec {
   std::string weights_source;
   InputSpec input;
   BatchOptions batching;
+  // batching.instances was given in config.json; otherwise the repository sets one
+  // instance per engine runner (RepositoryOptions::default_instances).
+  bool instances_configured = false;
   DetectionDefaults postprocess;
   std::vector<std::string> labels;
   bool is_default = false;

@@ -78,6 +78,7 @@ void ModelRepository::LoadModel(const std::string& dir, RepositoryModel* model, 
     return;
   }
   model->spec = std::move(*spec);
+  if (!model->spec->instances_configured) model->spec->batching.instances = std::max(1, options.default_instances);
   const ModelSpec& s = *model->spec;
 
   std::vector<int64_t> versions;

@@ -23,6 +23,9 @@ struct RepositoryOptions {
   bool strict = false;
   // Warm-up passes (batch 1 and max_batch_size) before a version is served.
   int warmup_runs = 2;
+  // batching.instances of models whose config.json leaves it out: care-server uses its
+  // --engine_runners, so that every runner can work on every model.
+  int default_instances = 1;
   EngineOptions engine;
 };
 

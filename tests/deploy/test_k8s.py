@@ -70,6 +70,11 @@ def test_rendered_objects(target):
 
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][kind]), kind
+    # care-server sees the node's cores, not the pod's CPU limit: the flags size LibTorch to
+    # the limit (more threads than CPUs would be throttled mid-batch).
+    cpus = float(str(container["resources"]["limits"]["cpu"]).rstrip("m")) / (
+        1000 if str(container["resources"]["limits"]["cpu"]).endswith("m") else 1)
+    assert int(server_flags["engine_runners"]) * int(server_flags["intra_op_threads"]) == cpus
 
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True

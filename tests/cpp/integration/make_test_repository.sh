@@ -17,7 +17,8 @@ background() { "$@" & pids+=($!); }
 # Batches fill within 20 ms: 64 concurrent requests form batches of several.
 background export_model --task classification --name care_s0_cls --max-batch-size 16 --max-queue-delay-us 20000
 # One request at a time, one waiting: a burst overflows the queue.
-background export_model --task classification --name care_s0_queue1 --seed 1 --max-batch-size 1 --queue-capacity 1
+background export_model --task classification --name care_s0_queue1 --seed 1 --max-batch-size 1 --queue-capacity 1 \
+  --instances 1
 # Non-square inputs; weights with spread outputs (make_test_checkpoints.py).
 background export_dense --task detection --name care_s0_det --input-size 96 128 --max-batch-size 4 \
   --checkpoint "${out}_checkpoints/test_retinanet.pth"

@@ -106,7 +106,8 @@ class Server {
     if (pid_ == 0) {
       dup2(log_fd, 2);
       execl(binary.c_str(), binary.c_str(), ("--model_repository=" + repository).c_str(), "--host=127.0.0.1",
-            "--port=0", "--metrics_port=0", "--intra_op_threads=2", "--drain_seconds=5", nullptr);
+            "--port=0", "--metrics_port=0", "--engine_runners=2", "--intra_op_threads=1", "--drain_seconds=5",
+            nullptr);
       _exit(127);
     }
     close(log_fd);
@@ -246,7 +247,7 @@ TEST_F(ServerTest, ConcurrentClassifyCallsGetTheirOwnImagesLogits) {
   // The reference: each image alone through the same TorchScript file (not optimised),
   // preprocessed by the pipeline the reference tests check against Python/OpenCV.
   const std::string repository = Env("CARE_TEST_REPOSITORY");
-  ConfigureTorch(2, 1);
+  ConfigureTorch(2, 1, 1);
   EngineOptions plain;
   plain.optimize = false;
   auto model = TorchModel::Load(repository + "/care_s0_cls/1/model.pt", plain);
@@ -704,6 +705,19 @@ TEST_F(ServerTest, ListModelsReportsServedAndFailedModels) {
   EXPECT_FALSE(broken.ready());
   EXPECT_EQ(broken.versions_size(), 0);
   EXPECT_NE(broken.error().find("batching.max_batch_size must be >= 1, got 0"), std::string::npos) << broken.error();
+}
+
+TEST_F(ServerTest, ModelsWithoutConfiguredInstancesGetOneExecutorPerEngineRunner) {
+  // --engine_runners=2: care_s0_cls leaves batching.instances out, care_s0_queue1 sets 1.
+  const std::string log = server_->log();
+  auto instances = [&](const std::string& model) {
+    std::smatch m;
+    const std::regex line("msg=\"model loaded\" model=" + model + " .* instances=([0-9]+)");
+    return std::regex_search(log, m, line) ? std::stoi(m[1]) : -1;
+  };
+  EXPECT_EQ(instances("care_s0_cls"), 2) << log;
+  EXPECT_EQ(instances("care_s0_queue1"), 1) << log;
+  EXPECT_NE(log.find("engine_runners=2 intra_op_threads=1"), std::string::npos) << log;
 }
 
 TEST_F(ServerTest, HealthIsServingOnceModelsAreWarm) {
