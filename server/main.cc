@@ -48,6 +48,9 @@ ABSL_FLAG(int, inter_op_threads, 1, "LibTorch inter-op threads (the models here 
 ABSL_FLAG(int, preprocess_threads, 0,
           "Worker threads: decoding and resizing images, dense-task answers (0: half the cores, at least one; "
           "they share the cores with LibTorch's intra-op threads).");
+ABSL_FLAG(bool, reduced_jpeg_decode, true,
+          "Decode JPEGs much larger than a model's input at 1/2, 1/4 or 1/8 size (libjpeg-turbo DCT scaling), "
+          "keeping twice the resized image's pixels (docs/service.md).");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "Largest request or response message, in bytes.");
 ABSL_FLAG(int64_t, max_image_pixels, 40'000'000, "Largest image accepted, in pixels (width x height).");
 ABSL_FLAG(int, warmup_runs, 2, "Warm-up passes per model version (batch 1 and max_batch_size) before serving.");
@@ -117,7 +120,10 @@ int Run() {
   }
 
   ThreadPool preprocess(pre);
-  VisionService service(&metrics, &preprocess, DecodeLimits{max_pixels});
+  DecodeLimits decode_limits;
+  decode_limits.max_pixels = max_pixels;
+  decode_limits.reduced_jpeg_decode = absl::GetFlag(FLAGS_reduced_jpeg_decode);
+  VisionService service(&metrics, &preprocess, decode_limits);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

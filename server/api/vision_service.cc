@@ -119,9 +119,10 @@ void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image
           "deadline passed after ", absl::FormatDuration(start - call->start()), ", before preprocessing")));
     }
     if (call->cancelled()) return call->Answer(absl::CancelledError("cancelled before preprocessing"));
-    absl::StatusOr<cv::Mat> rgb = DecodeImage(*image, limits_);
-    if (!rgb.ok()) return call->Answer(rgb.status());
-    ResizedImage resized = ResizeForInput(*rgb, model->spec->input);
+    absl::StatusOr<DecodedImage> decoded = DecodeForInput(*image, limits_, model->spec->input);
+    if (!decoded.ok()) return call->Answer(decoded.status());
+    ResizedImage resized =
+        ResizeForInput(decoded->rgb, model->spec->input, decoded->source_width, decoded->source_height);
     ResizedImage geometry = resized;
     geometry.pixels = cv::Mat();
     model->metrics->preprocess_seconds->Observe(absl::ToDoubleSeconds(absl::Now() - start));

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -100,6 +101,95 @@ absl::StatusOr<cv::Mat> DecodeRaw(const RawImage& raw, const DecodeLimits& limit
 }
 
 }  // namespace
+
+bool JpegFrameSize(const std::string& bytes, int* width, int* height) {
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  if (n < 4 || b[0] != 0xFF || b[1] != 0xD8) return false;
+  size_t i = 2;
+  while (i + 3 < n) {
+    if (b[i] != 0xFF) return false;
+    const unsigned char marker = b[i + 1];
+    if (marker == 0xFF) {  // fill byte
+      ++i;
+      continue;
+    }
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) {  // no length
+      i += 2;
+      continue;
+    }
+    if (marker == 0xD9 || marker == 0xDA) return false;  // end, or scan data before any frame
+    const size_t length = (static_cast<size_t>(b[i + 2]) << 8) | b[i + 3];
+    const bool frame = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+    if (frame) {
+      if (i + 9 > n || length < 7) return false;
+      *height = (b[i + 5] << 8) | b[i + 6];
+      *width = (b[i + 7] << 8) | b[i + 8];
+      return *width > 0 && *height > 0;
+    }
+    i += 2 + length;
+  }
+  return false;
+}
+
+int DecodeReduction(int width, int height, const InputSpec& spec) {
+  for (int k : {8, 4, 2}) {
+    bool fits = true;
+    for (const auto& [w, h] : {std::pair<int, int>{width, height}, std::pair<int, int>{height, width}}) {
+      const cv::Size resized = ResizedSize(w, h, spec);
+      const int rw = (w + k - 1) / k, rh = (h + k - 1) / k;  // libjpeg rounds up
+      fits = fits && rw >= kReducedDecodeMargin * resized.width && rh >= kReducedDecodeMargin * resized.height;
+    }
+    if (fits) return k;
+  }
+  return 1;
+}
+
+absl::StatusOr<DecodedImage> DecodeForInput(const Image& image, const DecodeLimits& limits, const InputSpec& spec) {
+  int width = 0, height = 0;
+  if (limits.reduced_jpeg_decode && image.source_case() == Image::kEncoded &&
+      JpegFrameSize(image.encoded(), &width, &height)) {
+    const int k = DecodeReduction(width, height, spec);
+    if (k > 1) {
+      if (static_cast<int64_t>(width) * height > limits.max_pixels) {
+        return absl::InvalidArgumentError(absl::StrCat("image is ", SizeText(width, height),
+                                                       ", more than the limit of ", limits.max_pixels, " pixels"));
+      }
+      const std::string& bytes = image.encoded();
+      const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
+      const int flag = k == 8 ? cv::IMREAD_REDUCED_COLOR_8 : k == 4 ? cv::IMREAD_REDUCED_COLOR_4 : cv::IMREAD_REDUCED_COLOR_2;
+      cv::Mat bgr;
+      try {
+        bgr = cv::imdecode(buffer, flag);
+      } catch (const cv::Exception&) {
+        bgr = cv::Mat();  // the full decode below reports the error
+      }
+      const int rw = (width + k - 1) / k, rh = (height + k - 1) / k;
+      // EXIF orientation may have turned the image: which way round tells the source size.
+      int source_w = 0, source_h = 0;
+      if (bgr.cols == rw && bgr.rows == rh) {
+        source_w = width, source_h = height;
+      } else if (bgr.cols == rh && bgr.rows == rw) {
+        source_w = height, source_h = width;
+      }
+      if (source_w > 0) {
+        DecodedImage out;
+        cv::cvtColor(bgr, out.rgb, cv::COLOR_BGR2RGB);
+        out.source_width = source_w;
+        out.source_height = source_h;
+        out.reduction = k;
+        return out;
+      }
+    }
+  }
+  absl::StatusOr<cv::Mat> rgb = DecodeImage(image, limits);
+  if (!rgb.ok()) return rgb.status();
+  DecodedImage out;
+  out.rgb = std::move(*rgb);
+  out.source_width = out.rgb.cols;
+  out.source_height = out.rgb.rows;
+  return out;
+}
 
 absl::StatusOr<cv::Mat> DecodeImage(const Image& image, const DecodeLimits& limits) {
   switch (image.source_case()) {

@@ -44,8 +44,8 @@ absl::StatusOr<int> ParseInterpolation(const std::string& name) {
 
 namespace {
 
-ResizedImage CenterCrop(const cv::Mat& rgb, const InputSpec& spec) {
-  const int w = rgb.cols, h = rgb.rows;
+// The size a w x h image is resized to before center_crop's cut.
+cv::Size CoverSize(int w, int h, const InputSpec& spec) {
   const int cover_h = static_cast<int>(std::floor(spec.height / spec.crop_pct));
   const int cover_w = static_cast<int>(std::floor(spec.width / spec.crop_pct));
   // The side that binds gets exactly its cover size; the other keeps the aspect ratio,
@@ -58,8 +58,25 @@ ResizedImage CenterCrop(const cv::Mat& rgb, const InputSpec& spec) {
     new_w = cover_w;
     new_h = std::max(cover_h, static_cast<int>(static_cast<double>(h) * cover_w / w));
   }
+  return cv::Size(new_w, new_h);
+}
+
+double LetterboxScale(int w, int h, const InputSpec& spec) {
+  return std::min(static_cast<double>(spec.height) / h, static_cast<double>(spec.width) / w);
+}
+
+cv::Size LetterboxSize(int w, int h, const InputSpec& spec) {
+  const double scale = LetterboxScale(w, h, spec);
+  return cv::Size(std::clamp(static_cast<int>(std::lround(w * scale)), 1, spec.width),
+                  std::clamp(static_cast<int>(std::lround(h * scale)), 1, spec.height));
+}
+
+// `rgb` shows the w x h source image, possibly decoded at a reduced size.
+ResizedImage CenterCrop(const cv::Mat& rgb, const InputSpec& spec, int w, int h) {
+  const cv::Size size = CoverSize(w, h, spec);
+  const int new_w = size.width, new_h = size.height;
   cv::Mat resized;
-  if (new_w == w && new_h == h) {
+  if (new_w == rgb.cols && new_h == rgb.rows) {
     resized = rgb;
   } else {
     cv::resize(rgb, resized, cv::Size(new_w, new_h), 0, 0, spec.interpolation);
@@ -78,13 +95,12 @@ ResizedImage CenterCrop(const cv::Mat& rgb, const InputSpec& spec) {
   return out;
 }
 
-ResizedImage Letterbox(const cv::Mat& rgb, const InputSpec& spec) {
-  const int w = rgb.cols, h = rgb.rows;
-  const double scale = std::min(static_cast<double>(spec.height) / h, static_cast<double>(spec.width) / w);
-  const int new_w = std::clamp(static_cast<int>(std::lround(w * scale)), 1, spec.width);
-  const int new_h = std::clamp(static_cast<int>(std::lround(h * scale)), 1, spec.height);
+ResizedImage Letterbox(const cv::Mat& rgb, const InputSpec& spec, int w, int h) {
+  const double scale = LetterboxScale(w, h, spec);
+  const cv::Size size = LetterboxSize(w, h, spec);
+  const int new_w = size.width, new_h = size.height;
   ResizedImage out;
-  if (new_w == w && new_h == h) {
+  if (new_w == rgb.cols && new_h == rgb.rows) {
     out.pixels = rgb;
   } else {
     cv::resize(rgb, out.pixels, cv::Size(new_w, new_h), 0, 0, spec.interpolation);
@@ -100,8 +116,14 @@ ResizedImage Letterbox(const cv::Mat& rgb, const InputSpec& spec) {
 
 }  // namespace
 
-ResizedImage ResizeForInput(const cv::Mat& rgb, const InputSpec& spec) {
-  return spec.resize == ResizeMode::kCenterCrop ? CenterCrop(rgb, spec) : Letterbox(rgb, spec);
+cv::Size ResizedSize(int width, int height, const InputSpec& spec) {
+  return spec.resize == ResizeMode::kCenterCrop ? CoverSize(width, height, spec) : LetterboxSize(width, height, spec);
+}
+
+ResizedImage ResizeForInput(const cv::Mat& rgb, const InputSpec& spec, int source_width, int source_height) {
+  const int w = source_width > 0 ? source_width : rgb.cols;
+  const int h = source_height > 0 ? source_height : rgb.rows;
+  return spec.resize == ResizeMode::kCenterCrop ? CenterCrop(rgb, spec, w, h) : Letterbox(rgb, spec, w, h);
 }
 
 void NormalizeInto(const ResizedImage& image, const InputSpec& spec, float* chw) {

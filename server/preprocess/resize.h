@@ -54,8 +54,14 @@ struct ResizedImage {
   double scale_y = 1.0;
 };
 
-// `rgb`: 8-bit, 3 channels, non-empty.
-ResizedImage ResizeForInput(const cv::Mat& rgb, const InputSpec& spec);
+// `rgb`: 8-bit, 3 channels, non-empty. With `source_width` and `source_height`, `rgb` is
+// that image decoded at a reduced size (DecodeForInput): sizes, crop and the mapping back
+// are those of the source image, and `rgb` is resized straight to the network's size.
+ResizedImage ResizeForInput(const cv::Mat& rgb, const InputSpec& spec, int source_width = 0,
+                            int source_height = 0);
+
+// The size a width x height image is resized to (center_crop: before the cut).
+cv::Size ResizedSize(int width, int height, const InputSpec& spec);
 
 // Writes the planar float input of one image, (pixel / 255 - mean) / std per channel, to
 // `chw` (3 x spec.height x spec.width floats), zeros where the letterbox pads.

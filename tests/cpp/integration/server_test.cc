@@ -257,9 +257,12 @@ TEST_F(ServerTest, ConcurrentClassifyCallsGetTheirOwnImagesLogits) {
   std::vector<std::vector<float>> expected(kCalls, std::vector<float>(1000));
   std::vector<float> input(3 * 64 * 64);
   for (int i = 0; i < kCalls; ++i) {
-    auto rgb = DecodeImage(requests[i].image(), DecodeLimits{});
-    ASSERT_TRUE(rgb.ok()) << rgb.status();
-    NormalizeInto(ResizeForInput(*rgb, spec->input), spec->input, input.data());
+    // The served pipeline, reduced-size JPEG decoding included (its tolerance against
+    // decoding every pixel is image_test's).
+    auto decoded = DecodeForInput(requests[i].image(), DecodeLimits{}, spec->input);
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    NormalizeInto(ResizeForInput(decoded->rgb, spec->input, decoded->source_width, decoded->source_height),
+                  spec->input, input.data());
     auto outputs = (*model)->Run(input.data(), 1, 64, 64);
     ASSERT_TRUE(outputs.ok()) << outputs.status();
     for (const ClassScore& c : SoftmaxTopK(outputs->tensors[0].f32(), 1000, 1000)) expected[i][c.index] = c.score;

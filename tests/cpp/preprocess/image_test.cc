@@ -189,5 +189,158 @@ TEST(Decode, ImagesAboveThePixelLimitAreRefused) {
   EXPECT_EQ(DecodeImage(raw, limits).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+
+// --- Reduced-size JPEG decoding (DecodeForInput) ----------------------------------------
+
+const char kSkimageDir[] = "/usr/lib/python3/dist-packages/skimage/data/";
+
+// A photo of the size cameras take: one of skimage's, enlarged (bicubic) and JPEG-encoded.
+Image BigPhoto(const std::string& name, int factor) {
+  const cv::Mat photo = cv::imread(kSkimageDir + name, cv::IMREAD_COLOR);
+  EXPECT_FALSE(photo.empty()) << name;
+  cv::Mat big;
+  cv::resize(photo, big, cv::Size(), factor, factor, cv::INTER_CUBIC);
+  return Encoded(big, ".jpg", {cv::IMWRITE_JPEG_QUALITY, 90});
+}
+
+// The JPEG with an EXIF APP1 segment saying orientation 6 (shown turned 90 degrees).
+std::string WithOrientation6(const std::string& jpeg) {
+  const unsigned char app1[] = {
+      0xFF, 0xE1, 0x00, 34, 'E', 'x', 'i', 'f', 0, 0,                  // APP1, length, "Exif\0\0"
+      'I', 'I', 0x2A, 0x00, 0x08, 0x00, 0x00, 0x00,                    // TIFF header, IFD at 8
+      0x01, 0x00,                                                      // one entry
+      0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00,  // Orientation = 6
+      0x00, 0x00, 0x00, 0x00};                                         // no next IFD
+  return jpeg.substr(0, 2) + std::string(reinterpret_cast<const char*>(app1), sizeof(app1)) + jpeg.substr(2);
+}
+
+InputSpec Classifier224() {
+  InputSpec spec;  // center_crop 224, crop_pct 0.875, bicubic
+  return spec;
+}
+
+InputSpec Letterbox512() {
+  InputSpec spec;
+  spec.height = spec.width = 512;
+  spec.resize = ResizeMode::kLetterbox;
+  spec.interpolation = cv::INTER_LINEAR;
+  return spec;
+}
+
+double MeanAbsDiff(const cv::Mat& a, const cv::Mat& b) {
+  return cv::norm(a, b, cv::NORM_L1) / (static_cast<double>(a.total()) * a.channels());
+}
+
+TEST(ReducedDecode, FrameSizeComesFromTheJpegHeader) {
+  int w = 0, h = 0;
+  ASSERT_TRUE(JpegFrameSize(Encoded(Pattern(40, 24), ".jpg").encoded(), &w, &h));
+  EXPECT_EQ(w, 40);
+  EXPECT_EQ(h, 24);
+  ASSERT_TRUE(JpegFrameSize(WithOrientation6(Encoded(Pattern(40, 24), ".jpg").encoded()), &w, &h));
+  EXPECT_EQ(w, 40);  // the stored size: orientation is applied later
+  EXPECT_FALSE(JpegFrameSize(Encoded(Pattern(), ".png").encoded(), &w, &h));
+  EXPECT_FALSE(JpegFrameSize(std::string("\xFF\xD8\xFF\xE0\x00", 5), &w, &h));  // truncated
+}
+
+TEST(ReducedDecode, KeepsTwiceThePixelsTheResizeKeeps) {
+  // 4000x3000 for 224 center_crop: resized to 341x256; 1/4 gives 1000x750 >= 2x, 1/8 not.
+  EXPECT_EQ(DecodeReduction(4000, 3000, Classifier224()), 4);
+  // Letterbox 512: 512x384 (or 384x512 turned); 1/2 gives 2000x1500, 1/4 is too small.
+  EXPECT_EQ(DecodeReduction(4000, 3000, Letterbox512()), 2);
+  EXPECT_EQ(DecodeReduction(640, 480, Classifier224()), 1);
+  EXPECT_EQ(DecodeReduction(8000, 8000, Classifier224()), 8);
+}
+
+TEST(ReducedDecode, StaysWithinTheResizesOwnToleranceOnPhotos) {
+  // Against decoding every pixel: about a grey level on average. And closer than that path
+  // to an antialiased downscale (INTER_AREA of the full image, as PIL's resize of the
+  // reference pipeline antialiases): DCT scaling averages where the bicubic/bilinear
+  // downscale of the full image aliases.
+  struct Case {
+    std::string photo;
+    int factor;
+  };
+  int reduced = 0;
+  for (const Case& c : {Case{"astronaut.png", 4}, Case{"coffee.png", 4}, Case{"chelsea.png", 8},
+                        Case{"hubble_deep_field.jpg", 4}}) {
+    const Image image = BigPhoto(c.photo, c.factor);
+    for (const InputSpec& spec : {Classifier224(), Letterbox512()}) {
+      SCOPED_TRACE(c.photo + (spec.resize == ResizeMode::kLetterbox ? " letterbox 512" : " center_crop 224"));
+      auto fast = DecodeForInput(image, DecodeLimits{}, spec);
+      ASSERT_TRUE(fast.ok()) << fast.status();
+      DecodeLimits full_limits;
+      full_limits.reduced_jpeg_decode = false;
+      auto full = DecodeForInput(image, full_limits, spec);
+      ASSERT_TRUE(full.ok()) << full.status();
+      EXPECT_EQ(full->reduction, 1);
+      EXPECT_GT(fast->reduction, 1);
+      reduced += fast->reduction > 1;
+      EXPECT_EQ(fast->source_width, full->rgb.cols);
+      EXPECT_EQ(fast->source_height, full->rgb.rows);
+
+      const ResizedImage a = ResizeForInput(fast->rgb, spec, fast->source_width, fast->source_height);
+      const ResizedImage b = ResizeForInput(full->rgb, spec);
+      InputSpec area = spec;
+      area.interpolation = cv::INTER_AREA;
+      const ResizedImage antialiased = ResizeForInput(full->rgb, area);
+      // The same geometry: sizes and the mapping back to the image.
+      ASSERT_EQ(a.pixels.size(), b.pixels.size());
+      EXPECT_EQ(a.source_width, b.source_width);
+      EXPECT_EQ(a.source_height, b.source_height);
+      EXPECT_DOUBLE_EQ(a.scale_x, b.scale_x);
+      EXPECT_DOUBLE_EQ(a.scale_y, b.scale_y);
+      const double to_full = MeanAbsDiff(a.pixels, b.pixels);
+      EXPECT_LT(to_full, 1.5);
+      EXPECT_LE(MeanAbsDiff(a.pixels, antialiased.pixels), MeanAbsDiff(b.pixels, antialiased.pixels));
+    }
+  }
+  EXPECT_EQ(reduced, 8);
+}
+
+TEST(ReducedDecode, ExifTurnedJpegKeepsItsShownSize) {
+  // 2400x1600 stored, orientation 6: shown 1600x2400.
+  Image image = BigPhoto("coffee.png", 4);
+  image.set_encoded(WithOrientation6(image.encoded()));
+  auto fast = DecodeForInput(image, DecodeLimits{}, Classifier224());
+  ASSERT_TRUE(fast.ok()) << fast.status();
+  EXPECT_GT(fast->reduction, 1);
+  EXPECT_EQ(fast->source_width, 1600);
+  EXPECT_EQ(fast->source_height, 2400);
+  EXPECT_LT(fast->rgb.cols, fast->rgb.rows);
+  auto full = DecodeImage(image, DecodeLimits{});
+  ASSERT_TRUE(full.ok());
+  const ResizedImage a = ResizeForInput(fast->rgb, Classifier224(), fast->source_width, fast->source_height);
+  const ResizedImage b = ResizeForInput(*full, Classifier224());
+  EXPECT_LT(MeanAbsDiff(a.pixels, b.pixels), 1.5);
+}
+
+TEST(ReducedDecode, OnlyForJpegsAndOnlyWhenEnabled) {
+  cv::Mat big;
+  cv::resize(Pattern(), big, cv::Size(4000, 2400), 0, 0, cv::INTER_NEAREST);
+  auto png = DecodeForInput(Encoded(big, ".png"), DecodeLimits{}, Classifier224());
+  ASSERT_TRUE(png.ok());
+  EXPECT_EQ(png->reduction, 1);
+  EXPECT_EQ(png->rgb.cols, 4000);
+  DecodeLimits off;
+  off.reduced_jpeg_decode = false;
+  auto jpeg = DecodeForInput(Encoded(big, ".jpg"), off, Classifier224());
+  ASSERT_TRUE(jpeg.ok());
+  EXPECT_EQ(jpeg->reduction, 1);
+  EXPECT_EQ(jpeg->rgb.cols, 4000);
+}
+
+TEST(ReducedDecode, ThePixelLimitStillApplies) {
+  cv::Mat big;
+  cv::resize(Pattern(), big, cv::Size(4000, 2400), 0, 0, cv::INTER_NEAREST);
+  DecodeLimits limits;
+  limits.max_pixels = 4000 * 2400 - 1;
+  auto decoded = DecodeForInput(Encoded(big, ".jpg"), limits, Classifier224());
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(decoded.status().message().find("4000x2400 (9600000 pixels), more than the limit of 9599999"),
+            std::string::npos)
+      << decoded.status();
+}
+
 }  // namespace
 }  // namespace careserve
