@@ -82,9 +82,9 @@ int Run() {
   }
   const int intra = absl::GetFlag(FLAGS_intra_op_threads) > 0 ? absl::GetFlag(FLAGS_intra_op_threads)
                                                              : std::max(1, Cores() / runners);
-  // Half the cores: the pool runs while LibTorch's intra-op threads (one per core) run the
-  // previous batch. Measured on 2 cores, CARE-S0 224 at concurrency 64: 1 thread 66-68.5
-  // img/s, 2 threads 59-62 (docs/benchmarks.md).
+  // Half the cores: the pool runs while the runners compute earlier batches. Measured on 2
+  // cores, CARE-S0 224 at concurrency 64: 1 thread 92.2/91.3 img/s, 2 threads 84.9/88.7
+  // (docs/service.md).
   const int pre = absl::GetFlag(FLAGS_preprocess_threads) > 0 ? absl::GetFlag(FLAGS_preprocess_threads)
                                                                : std::max(1, Cores() / 2);
   const int64_t max_pixels = absl::GetFlag(FLAGS_max_image_pixels);

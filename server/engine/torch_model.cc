@@ -45,6 +45,15 @@ RowOutputs CopyRow(const BatchOutputs& outputs, int row) {
 
 namespace {
 
+// The intra-op thread count of the calling thread only. LibTorch (OpenMP build) sizes each
+// parallel region from the calling thread's OpenMP nthreads ICV, set once per thread from
+// the process value on first use; oneDNN reads the same ICV. Initialise first so that the
+// lazy initialisation cannot undo this.
+void SetThreadIntraOpThreads(int threads) {
+  (void)at::get_num_threads();
+  omp_set_num_threads(threads);
+}
+
 // Every LibTorch computation of the process (loading, optimising, running batches) runs on
 // a fixed set of runner threads, `runners` of them with `threads` intra-op threads each.
 //
@@ -67,11 +76,6 @@ class Runners {
     if (!threads_.empty()) return;  // already running
     count_ = std::max(1, runners);
     per_runner_threads_ = std::max(1, threads);
-  }
-
-  int count() {
-    absl::MutexLock lock(&mu_);
-    return count_;
   }
 
   // Runs `f` on a runner and returns when it has run.
@@ -224,16 +228,6 @@ void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads) {
     } catch (const std::exception&) {
     }
   }
-}
-
-int EngineRunners() { return Runners::Get().count(); }
-
-void SetThreadIntraOpThreads(int threads) {
-  // LibTorch (OpenMP build) sizes each parallel region from the calling thread's OpenMP
-  // nthreads ICV, set once per thread from the process value on first use; oneDNN reads
-  // the same ICV. Initialise first so that the lazy initialisation cannot undo this.
-  (void)at::get_num_threads();
-  if (threads > 0) omp_set_num_threads(threads);
 }
 
 std::string TorchVersion() { return TORCH_VERSION; }

@@ -78,12 +78,6 @@ class TorchModel {
 // intra-op thread.
 void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads);
 
-// The number of runner threads.
-int EngineRunners();
-
-// The intra-op thread count of the calling thread only, leaving the process value alone.
-void SetThreadIntraOpThreads(int threads);
-
 std::string TorchVersion();
 
 }  // namespace careserve

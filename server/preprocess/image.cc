@@ -20,6 +20,12 @@ std::string SizeText(int64_t width, int64_t height) {
   return absl::StrCat(width, "x", height, " (", width * height, " pixels)");
 }
 
+absl::Status CheckPixels(int64_t width, int64_t height, const DecodeLimits& limits) {
+  if (width * height <= limits.max_pixels) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("image is ", SizeText(width, height), ", more than the limit of ",
+                                                 limits.max_pixels, " pixels"));
+}
+
 // The format, from the file's first bytes; empty if none of those served.
 const char* SniffFormat(const std::string& bytes) {
   auto starts = [&](absl::string_view magic, size_t at = 0) {
@@ -33,7 +39,9 @@ const char* SniffFormat(const std::string& bytes) {
   return "";
 }
 
-absl::StatusOr<cv::Mat> DecodeEncoded(const std::string& bytes, const DecodeLimits& limits) {
+// `flags`: cv::IMREAD_COLOR, or one of the IMREAD_REDUCED_COLOR_* for a reduced decode.
+absl::StatusOr<cv::Mat> DecodeEncoded(const std::string& bytes, const DecodeLimits& limits,
+                                      int flags = cv::IMREAD_COLOR) {
   if (bytes.empty()) return absl::InvalidArgumentError("image.encoded is empty");
   const char* format = SniffFormat(bytes);
   if (*format == '\0') {
@@ -43,8 +51,8 @@ absl::StatusOr<cv::Mat> DecodeEncoded(const std::string& bytes, const DecodeLimi
   const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
   cv::Mat bgr;
   try {
-    // IMREAD_COLOR: 8-bit, 3 channels, EXIF orientation applied.
-    bgr = cv::imdecode(buffer, cv::IMREAD_COLOR);
+    // IMREAD_COLOR (and the reduced ones): 8-bit, 3 channels, EXIF orientation applied.
+    bgr = cv::imdecode(buffer, flags);
   } catch (const cv::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("image.encoded: cannot decode the ", format,
                                                    " file (", bytes.size(), " bytes): ", e.what()));
@@ -54,10 +62,7 @@ absl::StatusOr<cv::Mat> DecodeEncoded(const std::string& bytes, const DecodeLimi
         "image.encoded: cannot decode the ", format, " file (", bytes.size(),
         " bytes): corrupt or truncated, or larger than the limit of ", limits.max_pixels, " pixels"));
   }
-  if (static_cast<int64_t>(bgr.cols) * bgr.rows > limits.max_pixels) {
-    return absl::InvalidArgumentError(absl::StrCat("image is ", SizeText(bgr.cols, bgr.rows),
-                                                   ", more than the limit of ", limits.max_pixels, " pixels"));
-  }
+  if (absl::Status s = CheckPixels(bgr.cols, bgr.rows, limits); !s.ok()) return s;
   cv::Mat rgb;
   cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
   return rgb;
@@ -69,10 +74,7 @@ absl::StatusOr<cv::Mat> DecodeRaw(const RawImage& raw, const DecodeLimits& limit
                                                    raw.width(), "x", raw.height()));
   }
   const int64_t pixels = static_cast<int64_t>(raw.width()) * raw.height();
-  if (pixels > limits.max_pixels) {
-    return absl::InvalidArgumentError(absl::StrCat("image is ", SizeText(raw.width(), raw.height()),
-                                                   ", more than the limit of ", limits.max_pixels, " pixels"));
-  }
+  if (absl::Status s = CheckPixels(raw.width(), raw.height(), limits); !s.ok()) return s;
   int channels = 0;
   switch (raw.format()) {
     case care::vision::v1::RGB8:
@@ -151,32 +153,22 @@ absl::StatusOr<DecodedImage> DecodeForInput(const Image& image, const DecodeLimi
       JpegFrameSize(image.encoded(), &width, &height)) {
     const int k = DecodeReduction(width, height, spec);
     if (k > 1) {
-      if (static_cast<int64_t>(width) * height > limits.max_pixels) {
-        return absl::InvalidArgumentError(absl::StrCat("image is ", SizeText(width, height),
-                                                       ", more than the limit of ", limits.max_pixels, " pixels"));
-      }
-      const std::string& bytes = image.encoded();
-      const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
+      // The full size counts against the limit, not the reduced one.
+      if (absl::Status s = CheckPixels(width, height, limits); !s.ok()) return s;
       const int flag = k == 8 ? cv::IMREAD_REDUCED_COLOR_8 : k == 4 ? cv::IMREAD_REDUCED_COLOR_4 : cv::IMREAD_REDUCED_COLOR_2;
-      cv::Mat bgr;
-      try {
-        bgr = cv::imdecode(buffer, flag);
-      } catch (const cv::Exception&) {
-        bgr = cv::Mat();  // the full decode below reports the error
+      absl::StatusOr<cv::Mat> rgb = DecodeEncoded(image.encoded(), limits, flag);
+      if (!rgb.ok()) return rgb.status();
+      // EXIF orientation may have turned the image: which way round tells the source size
+      // (a square reduced image is taken as not turned: the sides differ by under k pixels).
+      const int rw = (width + k - 1) / k, rh = (height + k - 1) / k;  // libjpeg rounds up
+      DecodedImage out;
+      if (rgb->cols == rw && rgb->rows == rh) {
+        out.source_width = width, out.source_height = height;
+      } else if (rgb->cols == rh && rgb->rows == rw) {
+        out.source_width = height, out.source_height = width;
       }
-      const int rw = (width + k - 1) / k, rh = (height + k - 1) / k;
-      // EXIF orientation may have turned the image: which way round tells the source size.
-      int source_w = 0, source_h = 0;
-      if (bgr.cols == rw && bgr.rows == rh) {
-        source_w = width, source_h = height;
-      } else if (bgr.cols == rh && bgr.rows == rw) {
-        source_w = height, source_h = width;
-      }
-      if (source_w > 0) {
-        DecodedImage out;
-        cv::cvtColor(bgr, out.rgb, cv::COLOR_BGR2RGB);
-        out.source_width = source_w;
-        out.source_height = source_h;
+      if (out.source_width > 0) {
+        out.rgb = std::move(*rgb);
         out.reduction = k;
         return out;
       }

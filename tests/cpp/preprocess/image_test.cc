@@ -329,6 +329,21 @@ TEST(ReducedDecode, OnlyForJpegsAndOnlyWhenEnabled) {
   EXPECT_EQ(jpeg->rgb.cols, 4000);
 }
 
+TEST(ReducedDecode, ACorruptLargeJpegIsRefusedWithTheReason) {
+  // A real frame header (so a reduced decode is chosen), then no usable scan.
+  cv::Mat big;
+  cv::resize(Pattern(), big, cv::Size(4000, 2400), 0, 0, cv::INTER_NEAREST);
+  std::string bytes = Encoded(big, ".jpg").encoded();
+  bytes = bytes.substr(0, bytes.find("\xFF\xDA")) + std::string(64, '\x17');
+  ASSERT_EQ(DecodeReduction(4000, 2400, Classifier224()), 4);
+  Image image;
+  image.set_encoded(bytes);
+  auto decoded = DecodeForInput(image, DecodeLimits{}, Classifier224());
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(decoded.status().message().find("cannot decode the JPEG file"), std::string::npos) << decoded.status();
+}
+
 TEST(ReducedDecode, ThePixelLimitStillApplies) {
   cv::Mat big;
   cv::resize(Pattern(), big, cv::Size(4000, 2400), 0, 0, cv::INTER_NEAREST);
