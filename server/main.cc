@@ -51,7 +51,9 @@ ABSL_FLAG(int, preprocess_threads, 0,
 ABSL_FLAG(bool, reduced_jpeg_decode, true,
           "Decode JPEGs much larger than a model's input at 1/2, 1/4 or 1/8 size (libjpeg-turbo DCT scaling), "
           "keeping twice the resized image's pixels (docs/service.md).");
-ABSL_FLAG(int, max_message_bytes, 64 << 20, "Largest request or response message, in bytes.");
+ABSL_FLAG(int, max_message_bytes, 32 << 20,
+          "Largest request or response message, in bytes; larger requests get RESOURCE_EXHAUSTED from gRPC "
+          "before they are read.");
 ABSL_FLAG(int64_t, max_image_pixels, 40'000'000, "Largest image accepted, in pixels (width x height).");
 ABSL_FLAG(int, warmup_runs, 2, "Warm-up passes per model version (batch 1 and max_batch_size) before serving.");
 ABSL_FLAG(bool, optimize_for_inference, true, "Run torch::jit::optimize_for_inference on every model after loading.");

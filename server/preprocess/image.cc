@@ -1,6 +1,7 @@
 #include "server/preprocess/image.h"
 
 #include <cstdlib>
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -26,17 +27,107 @@ absl::Status CheckPixels(int64_t width, int64_t height, const DecodeLimits& limi
                                                  limits.max_pixels, " pixels"));
 }
 
+bool Starts(const std::string& bytes, absl::string_view magic, size_t at = 0) {
+  return bytes.size() >= at + magic.size() && absl::string_view(bytes).substr(at, magic.size()) == magic;
+}
+
 // The format, from the file's first bytes; empty if none of those served.
 const char* SniffFormat(const std::string& bytes) {
-  auto starts = [&](absl::string_view magic, size_t at = 0) {
-    return bytes.size() >= at + magic.size() && absl::string_view(bytes).substr(at, magic.size()) == magic;
-  };
-  if (starts("\xFF\xD8\xFF")) return "JPEG";
-  if (starts("\x89PNG\r\n\x1A\n")) return "PNG";
-  if (starts("BM")) return "BMP";
-  if (starts("RIFF") && starts("WEBP", 8)) return "WebP";
-  if (starts(absl::string_view("II*\0", 4)) || starts(absl::string_view("MM\0*", 4))) return "TIFF";
+  if (Starts(bytes, "\xFF\xD8\xFF")) return "JPEG";
+  if (Starts(bytes, "\x89PNG\r\n\x1A\n")) return "PNG";
+  if (Starts(bytes, "BM")) return "BMP";
+  if (Starts(bytes, "RIFF") && Starts(bytes, "WEBP", 8)) return "WebP";
+  if (Starts(bytes, absl::string_view("II*\0", 4)) || Starts(bytes, absl::string_view("MM\0*", 4))) return "TIFF";
   return "";
+}
+
+// Formats recognised only to name them in the error.
+const char* UnsupportedFormat(const std::string& bytes) {
+  if (Starts(bytes, "GIF87a") || Starts(bytes, "GIF89a")) return "GIF";
+  if (Starts(bytes, "ftypheic", 4) || Starts(bytes, "ftypheix", 4) || Starts(bytes, "ftypmif1", 4)) return "HEIF";
+  if (Starts(bytes, "ftypavif", 4)) return "AVIF";
+  if (Starts(bytes, "%PDF")) return "PDF";
+  return "";
+}
+
+uint32_t Big32(const unsigned char* b) { return (uint32_t{b[0]} << 24) | (b[1] << 16) | (b[2] << 8) | b[3]; }
+uint32_t Little16(const unsigned char* b) { return b[0] | (b[1] << 8); }
+uint32_t Little24(const unsigned char* b) { return b[0] | (b[1] << 8) | (b[2] << 16); }
+int64_t Little32(const unsigned char* b) {
+  return static_cast<int32_t>(b[0] | (b[1] << 8) | (b[2] << 16) | (uint32_t{b[3]} << 24));
+}
+
+// The size a PNG, JPEG, BMP or WebP header declares, read before decoding: false if the
+// header is not there to read (OpenCV's pixel cap still applies when decoding).
+bool DeclaredSize(const std::string& bytes, const char* format, int64_t* width, int64_t* height) {
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  const absl::string_view f(format);
+  if (f == "PNG") {
+    if (n < 24 || !Starts(bytes, "IHDR", 12)) return false;
+    *width = Big32(b + 16), *height = Big32(b + 20);
+    return true;
+  }
+  if (f == "JPEG") {
+    int w = 0, h = 0;
+    if (!JpegFrameSize(bytes, &w, &h)) return false;
+    *width = w, *height = h;
+    return true;
+  }
+  if (f == "BMP") {
+    if (n < 26) return false;
+    const int64_t header = Little32(b + 14);
+    if (header == 12) {
+      *width = Little16(b + 18), *height = Little16(b + 20);
+    } else {
+      *width = Little32(b + 18), *height = Little32(b + 22);
+    }
+    *width = std::abs(*width), *height = std::abs(*height);  // negative height: top-down rows
+    return true;
+  }
+  if (f == "WebP") {
+    if (Starts(bytes, "VP8X", 12) && n >= 30) {
+      *width = Little24(b + 24) + 1, *height = Little24(b + 27) + 1;
+      return true;
+    }
+    if (Starts(bytes, "VP8L", 12) && n >= 25 && b[20] == 0x2F) {
+      const uint32_t bits = b[21] | (b[22] << 8) | (b[23] << 16) | (uint32_t{b[24]} << 24);
+      *width = (bits & 0x3FFF) + 1, *height = ((bits >> 14) & 0x3FFF) + 1;
+      return true;
+    }
+    if (Starts(bytes, "VP8 ", 12) && n >= 30) {
+      *width = Little16(b + 26) & 0x3FFF, *height = Little16(b + 28) & 0x3FFF;
+      return true;
+    }
+  }
+  return false;
+}
+
+// Whether a JPEG's scan data is followed by its end-of-image marker. libjpeg decodes a
+// truncated file with a warning, filling the missing rows with grey; PIL refuses it
+// ("image file is truncated"), and so do we. Segments before the first scan are skipped by
+// their lengths (an EXIF thumbnail there has an end marker of its own); inside scan data
+// 0xFF is always followed by 0x00 or a restart marker, so the first FF D9 after the first
+// scan ends the image.
+bool JpegHasEnd(const std::string& bytes) {
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  size_t i = 2;
+  while (i + 3 < n) {
+    if (b[i] != 0xFF) return true;  // not a marker where one must be: let libjpeg say what is wrong
+    const unsigned char marker = b[i + 1];
+    if (marker == 0xFF || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) {
+      i += marker == 0xFF ? 1 : 2;
+      continue;
+    }
+    if (marker == 0xD9) return true;
+    if (marker == 0xDA) {
+      const absl::string_view rest = absl::string_view(bytes).substr(i + 2);
+      return rest.find("\xFF\xD9") != absl::string_view::npos;
+    }
+    i += 2 + ((static_cast<size_t>(b[i + 2]) << 8) | b[i + 3]);
+  }
+  return true;  // no scan at all: libjpeg refuses it
 }
 
 // `flags`: cv::IMREAD_COLOR, or one of the IMREAD_REDUCED_COLOR_* for a reduced decode.
@@ -45,8 +136,29 @@ absl::StatusOr<cv::Mat> DecodeEncoded(const std::string& bytes, const DecodeLimi
   if (bytes.empty()) return absl::InvalidArgumentError("image.encoded is empty");
   const char* format = SniffFormat(bytes);
   if (*format == '\0') {
+    const char* unsupported = UnsupportedFormat(bytes);
     return absl::InvalidArgumentError(absl::StrCat(
-        "image.encoded (", bytes.size(), " bytes) is not a JPEG, PNG, BMP, WebP or TIFF file"));
+        "image.encoded (", bytes.size(), " bytes) is ",
+        *unsupported == '\0' ? "not" : absl::StrCat("a ", unsupported, " file, not"),
+        " a JPEG, PNG, BMP, WebP or TIFF file"));
+  }
+  // A decompression bomb (a small file declaring a huge image) is refused here, before
+  // any pixel is allocated.
+  int64_t declared_width = 0, declared_height = 0;
+  if (DeclaredSize(bytes, format, &declared_width, &declared_height)) {
+    if (declared_width < 1 || declared_height < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("image.encoded: the ", format, " header declares a ",
+                                                     declared_width, "x", declared_height, " image"));
+    }
+    if (declared_width * declared_height > limits.max_pixels) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "image.encoded: the ", format, " header declares ", SizeText(declared_width, declared_height),
+          ", more than the limit of ", limits.max_pixels, " pixels"));
+    }
+  }
+  if (absl::string_view(format) == "JPEG" && !JpegHasEnd(bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat("image.encoded: the JPEG file (", bytes.size(),
+                                                   " bytes) is truncated: its scan data has no end-of-image marker"));
   }
   const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
   cv::Mat bgr;
@@ -81,9 +193,13 @@ absl::StatusOr<cv::Mat> DecodeRaw(const RawImage& raw, const DecodeLimits& limit
     case care::vision::v1::BGR8: channels = 3; break;
     case care::vision::v1::GRAY8: channels = 1; break;
     default:
+    {
+      const std::string name = care::vision::v1::PixelFormat_Name(raw.format());
       return absl::InvalidArgumentError(absl::StrCat(
-          "image.raw.format must be RGB8, BGR8 or GRAY8, got ", care::vision::v1::PixelFormat_Name(raw.format()),
-          " (", static_cast<int>(raw.format()), ")"));
+          "image.raw.format must be RGB8, BGR8 or GRAY8, got ",
+          name.empty() ? absl::StrCat(static_cast<int>(raw.format()), " (not a PixelFormat)")
+                       : absl::StrCat(name, " (", static_cast<int>(raw.format()), ")")));
+    }
   }
   const int64_t expected = pixels * channels;
   if (static_cast<int64_t>(raw.data().size()) != expected) {
@@ -153,9 +269,8 @@ absl::StatusOr<DecodedImage> DecodeForInput(const Image& image, const DecodeLimi
       JpegFrameSize(image.encoded(), &width, &height)) {
     const int k = DecodeReduction(width, height, spec);
     if (k > 1) {
-      // The full size counts against the limit, not the reduced one.
-      if (absl::Status s = CheckPixels(width, height, limits); !s.ok()) return s;
       const int flag = k == 8 ? cv::IMREAD_REDUCED_COLOR_8 : k == 4 ? cv::IMREAD_REDUCED_COLOR_4 : cv::IMREAD_REDUCED_COLOR_2;
+      // The full size counts against the limit (DecodeEncoded checks the header's).
       absl::StatusOr<cv::Mat> rgb = DecodeEncoded(image.encoded(), limits, flag);
       if (!rgb.ok()) return rgb.status();
       // EXIF orientation may have turned the image: which way round tells the source size

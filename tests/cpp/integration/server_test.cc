@@ -411,6 +411,107 @@ TEST_F(ServerTest, BadRequestsGetTheContractsStatusCodes) {
   EXPECT_EQ(response.classes_size(), 5);  // top_k 0 -> 5
 }
 
+// tests/data/bad_inputs (made by tests/tools/make_bad_inputs.py): every case gets its
+// status code and a message saying what was wrong, the valid oddities are answered, an
+// oversized message is refused by gRPC, and afterwards a good request gets the same answer
+// as before the corpus.
+TEST_F(ServerTest, TheBadInputCorpusGetsItsStatusCodesAndTheServerKeepsServing) {
+  const std::string dir = std::string(CARE_SOURCE_DIR) + "/tests/data/bad_inputs/";
+  google::protobuf::Struct manifest;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(ReadFile(dir + "manifest.json"), &manifest).ok());
+  const auto& cases = manifest.fields().at("cases").list_value().values();
+  ASSERT_GE(cases.size(), 25);
+
+  auto classify = [&](const v1::Image& image, int top_k, v1::ClassifyResponse* response) {
+    v1::ClassifyRequest request;
+    request.set_model("care_s0_cls");
+    request.set_top_k(top_k);
+    *request.mutable_image() = image;
+    grpc::ClientContext context;
+    return stub_->Classify(&context, request, response);
+  };
+  v1::Image good;
+  good.set_encoded(ReadFile(dir + "good.jpg"));
+  v1::ClassifyResponse before;
+  ASSERT_TRUE(classify(good, 5, &before).ok());
+
+  auto number = [](const google::protobuf::Value& v) {
+    if (v.kind_case() == google::protobuf::Value::kStringValue) return std::stod(v.string_value());  // nan, inf
+    return v.number_value();
+  };
+  const std::map<StatusCode, std::string> names = {
+      {StatusCode::OK, "OK"}, {StatusCode::INVALID_ARGUMENT, "INVALID_ARGUMENT"},
+      {StatusCode::RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"}, {StatusCode::NOT_FOUND, "NOT_FOUND"}};
+  int answered_ok = 0;
+  for (const auto& value : cases) {
+    const auto& c = value.struct_value().fields();
+    const auto& fields = c.at("request").struct_value().fields();
+    const std::string what = c.at("name").string_value() + (c.count("case") ? " " + c.at("case").string_value() : "");
+    v1::Image image;
+    if (fields.count("raw")) {
+      const auto& raw = fields.at("raw").struct_value().fields();
+      image.mutable_raw()->set_width(static_cast<int>(raw.at("width").number_value()));
+      image.mutable_raw()->set_height(static_cast<int>(raw.at("height").number_value()));
+      v1::PixelFormat format;
+      if (raw.at("format").kind_case() == google::protobuf::Value::kStringValue) {
+        ASSERT_TRUE(v1::PixelFormat_Parse(raw.at("format").string_value(), &format)) << what;
+      } else {
+        format = static_cast<v1::PixelFormat>(static_cast<int>(raw.at("format").number_value()));
+      }
+      image.mutable_raw()->set_format(format);
+      image.mutable_raw()->set_data(ReadFile(dir + c.at("name").string_value()));
+    } else {
+      image.set_encoded(ReadFile(dir + c.at("name").string_value()));
+    }
+    grpc::Status status;
+    int classes = -1;
+    if (c.at("rpc").string_value() == "Classify") {
+      v1::ClassifyResponse response;
+      status = classify(image, fields.count("top_k") ? static_cast<int>(fields.at("top_k").number_value()) : 0,
+                        &response);
+      classes = response.classes_size();
+    } else {
+      v1::DetectRequest request;
+      *request.mutable_image() = image;
+      if (fields.count("score_threshold")) request.set_score_threshold(number(fields.at("score_threshold")));
+      if (fields.count("iou_threshold")) request.set_iou_threshold(number(fields.at("iou_threshold")));
+      if (fields.count("max_detections")) request.set_max_detections(number(fields.at("max_detections")));
+      grpc::ClientContext context;
+      v1::DetectResponse response;
+      status = stub_->Detect(&context, request, &response);
+    }
+    const auto name = names.find(status.error_code());
+    EXPECT_EQ(name == names.end() ? std::to_string(status.error_code()) : name->second, c.at("code").string_value())
+        << what << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find(c.at("message").string_value()), std::string::npos)
+        << what << ": " << status.error_message();
+    if (status.ok()) {
+      EXPECT_EQ(classes, 5) << what;
+      ++answered_ok;
+    }
+  }
+  EXPECT_GE(answered_ok, 5);
+
+  // A message over --max_message_bytes (32 MiB): refused by gRPC before the service reads it.
+  {
+    v1::Image huge;
+    huge.set_encoded(std::string(33 << 20, 'x'));
+    v1::ClassifyResponse response;
+    const grpc::Status status = classify(huge, 0, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+    EXPECT_NE(status.error_message().find("larger than max"), std::string::npos) << status.error_message();
+  }
+
+  // Still serving, with the same answer as before.
+  v1::ClassifyResponse after;
+  ASSERT_TRUE(classify(good, 5, &after).ok());
+  ASSERT_EQ(after.classes_size(), before.classes_size());
+  for (int i = 0; i < after.classes_size(); ++i) {
+    EXPECT_EQ(after.classes(i).index(), before.classes(i).index());
+    EXPECT_EQ(after.classes(i).score(), before.classes(i).score());
+  }
+}
+
 TEST_F(ServerTest, AFullQueueAnswersResourceExhaustedAtOnce) {
   // care_s0_queue1: batches of one, one request may wait. A burst of raw images (no
   // decoding to slow them) overflows it.

@@ -189,6 +189,43 @@ TEST(Decode, ImagesAboveThePixelLimitAreRefused) {
   EXPECT_EQ(DecodeImage(raw, limits).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// libjpeg decodes a truncated JPEG with a warning and grey rows; the service refuses it,
+// also when an EXIF-style thumbnail (a whole JPEG with its own end marker) precedes the
+// scan. Bytes after the end marker (camera trailers) are fine.
+TEST(Decode, TruncatedJpegsAreRefusedEvenWithAThumbnailEnd) {
+  const std::string jpeg = Encoded(Pattern(160, 96), ".jpg").encoded();
+  const std::string thumbnail = Encoded(Pattern(16, 8), ".jpg").encoded();
+  ASSERT_LT(thumbnail.size() + 8, 65535u);
+  const size_t length = 2 + 6 + thumbnail.size();
+  const std::string app1 = std::string("\xFF\xE1") + static_cast<char>(length >> 8) +
+                           static_cast<char>(length & 0xFF) + std::string("Exif\0\0", 6) + thumbnail;
+  const std::string with_thumbnail = jpeg.substr(0, 2) + app1 + jpeg.substr(2);
+  Image whole, cut, trailer;
+  whole.set_encoded(with_thumbnail);
+  cut.set_encoded(with_thumbnail.substr(0, with_thumbnail.size() - 200));
+  trailer.set_encoded(jpeg + std::string(100, '\x42'));
+  ASSERT_TRUE(DecodeImage(whole, DecodeLimits{}).ok());
+  EXPECT_TRUE(DecodeImage(trailer, DecodeLimits{}).ok());
+  auto refused = DecodeImage(cut, DecodeLimits{});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("is truncated: its scan data has no end-of-image marker"),
+            std::string::npos)
+      << refused.status();
+}
+
+// A small file whose header declares a huge image is refused from the header.
+TEST(Decode, DeclaredSizesAboveTheLimitAreRefusedBeforeDecoding) {
+  DecodeLimits limits;
+  limits.max_pixels = 159 * 96;
+  for (const char* ext : {".png", ".jpg", ".bmp", ".webp"}) {
+    auto refused = DecodeImage(Encoded(Pattern(160, 96), ext), limits);
+    ASSERT_FALSE(refused.ok()) << ext;
+    EXPECT_NE(refused.status().message().find("header declares 160x96 (15360 pixels), more than the limit of 15264"),
+              std::string::npos)
+        << ext << ": " << refused.status();
+  }
+}
+
 
 // --- Reduced-size JPEG decoding (DecodeForInput) ----------------------------------------
 
