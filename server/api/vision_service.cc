@@ -100,11 +100,15 @@ ServedModel* VisionService::ResolveOrAnswer(Call* call, const std::string& name,
 
 void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image, RespondOn where,
                           Respond respond) {
+  if (absl::Status admitted = model->scheduler->Admit(); !admitted.ok()) {
+    return call->Answer(absl::Status(admitted.code(), absl::StrCat("model \"", model->spec->name, "\" version ",
+                                                                   model->version, ": ", admitted.message())));
+  }
   call->Accept(model);
   // Until it is submitted (or answered early), the batcher knows this request is coming.
   struct Arrival {
     ModelScheduler* scheduler;
-    explicit Arrival(ModelScheduler* s) : scheduler(s) { scheduler->Arriving(); }
+    explicit Arrival(ModelScheduler* s) : scheduler(s) {}
     Arrival(Arrival&& other) : scheduler(std::exchange(other.scheduler, nullptr)) {}
     ~Arrival() { Done(); }
     void Done() {

@@ -31,6 +31,16 @@ absl::Status ModelScheduler::Submit(std::unique_ptr<InferenceRequest>* request) 
   return status;
 }
 
+absl::Status ModelScheduler::Admit() {
+  const int arriving = arriving_.fetch_add(1) + 1;
+  const int queued = batcher_->QueueDepth();
+  if (arriving + queued <= spec_.batching.queue_capacity) return absl::OkStatus();
+  Arrived();
+  return absl::ResourceExhaustedError(absl::StrCat("queue full: ", spec_.batching.queue_capacity,
+                                                   " requests already waiting (", queued, " queued, ",
+                                                   arriving - 1, " being decoded)"));
+}
+
 std::unique_ptr<std::vector<float>> ModelScheduler::TakeBuffer() {
   {
     absl::MutexLock lock(&buffers_mu_);

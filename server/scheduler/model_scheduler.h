@@ -62,10 +62,13 @@ class ModelScheduler {
   void Stop();
   int QueueDepth() const { return batcher_->QueueDepth(); }
 
-  // A request for this model was accepted and is being preprocessed: the batcher waits
-  // for it (up to max_queue_delay) rather than running a partial batch without it.
-  void Arriving() { arriving_.fetch_add(1); }
-  // It was submitted, or will never be (answered early). Call exactly once per Arriving.
+  // Admits a request for preprocessing, or returns RESOURCE_EXHAUSTED when the requests
+  // being preprocessed plus those queued already fill queue_capacity: under overload the
+  // refusal comes before the image is decoded, and the backlog (memory, latency) of
+  // admitted requests stays bounded by the queue. An admitted request is arriving: the
+  // batcher waits for it (up to max_queue_delay) rather than run a partial batch without it.
+  absl::Status Admit();
+  // It was submitted, or will never be (answered early). Call exactly once per admission.
   void Arrived() {
     if (arriving_.fetch_sub(1) == 1) batcher_->Wake();
   }

@@ -551,6 +551,60 @@ TEST_F(ServerTest, AFullQueueAnswersResourceExhaustedAtOnce) {
   EXPECT_GT(ok, 0);
 }
 
+// Output of a command; its exit status in *status.
+std::string RunCommand(const std::string& command, int* status) {
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return out;
+  char buffer[4096];
+  for (size_t n; (n = fread(buffer, 1, sizeof(buffer), pipe)) > 0;) out.append(buffer, n);
+  *status = pclose(pipe);
+  return out;
+}
+
+TEST_F(ServerTest, OverloadIsRefusedAtOnceAndAdmittedRequestsKeepABoundedLatency) {
+  // care-bench open loop at 3000 requests/s of 640x480 JPEGs for 4 s: several times what
+  // the server can decode and compute here. What cannot be queued (care_s0_cls: 256) must
+  // be refused at once, before decoding, so that the admitted requests wait at most about
+  // one queue's worth of work and memory stays bounded.
+  const std::string rss_series = "process_resident_memory_bytes";
+  const double rss_before = Sample(HttpGet(server_->metrics_port(), "/metrics"), rss_series);
+  int exit_status = 0;
+  const std::string out =
+      RunCommand(Env("CARE_BENCH") + " --server=127.0.0.1:" + std::to_string(server_->grpc_port()) +
+              " --task=classify --model=care_s0_cls --rate=3000 --duration=4 --warmup=0 --generate=640x480 --json"
+              " 2>/dev/null",
+          &exit_status);
+  ASSERT_EQ(exit_status, 0) << out;
+  google::protobuf::Struct report;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(out, &report).ok()) << out;
+  const auto& f = report.fields();
+  const double ok = f.at("ok").number_value(), throughput = f.at("throughput_rps").number_value();
+  const auto& errors = f.at("errors").struct_value().fields();
+  double exhausted = 0;
+  for (const auto& [code, count] : errors) {
+    EXPECT_EQ(code, "RESOURCE_EXHAUSTED") << count.number_value() << " requests failed with " << code;
+    if (code == "RESOURCE_EXHAUSTED") exhausted = count.number_value();
+  }
+  EXPECT_GT(ok, 0) << out;
+  EXPECT_GT(exhausted, ok) << "not overloaded: " << out;
+  // One queue's worth (256 queued or being decoded, plus two executors' batches of 16) at
+  // the throughput measured in this run, twice over, plus half a second. Without admission
+  // before decoding the backlog grows for the whole run (4 s at 3000/s).
+  const double bound_ms = 2000.0 * (256 + 2 * 16) / std::max(throughput, 1.0) + 500;
+  EXPECT_LT(f.at("latency_ms").struct_value().fields().at("p99").number_value(), bound_ms) << out;
+  const double rss_after = Sample(HttpGet(server_->metrics_port(), "/metrics"), rss_series);
+  EXPECT_LT(rss_after - rss_before, 256.0 * (1 << 20)) << "RSS " << rss_before << " -> " << rss_after;
+
+  // And it still answers.
+  v1::ClassifyRequest request;
+  request.set_model("care_s0_cls");
+  *request.mutable_image() = TestImage(Photos(), 1);
+  grpc::ClientContext context;
+  v1::ClassifyResponse response;
+  EXPECT_TRUE(stub_->Classify(&context, request, &response).ok());
+}
+
 TEST_F(ServerTest, ARequestWhoseDeadlinePassesInTheQueueIsDroppedNotComputed) {
   // Keep care_s0_cls's executor busy with a burst of 48 small images (three full
   // batches), then send a request that gives up after 30 ms: it waits behind the burst
