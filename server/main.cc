@@ -58,7 +58,9 @@ ABSL_FLAG(int64_t, max_image_pixels, 40'000'000, "Largest image accepted, in pix
 ABSL_FLAG(int, warmup_runs, 2, "Warm-up passes per model version (batch 1 and max_batch_size) before serving.");
 ABSL_FLAG(bool, optimize_for_inference, true, "Run torch::jit::optimize_for_inference on every model after loading.");
 ABSL_FLAG(bool, strict, false, "Exit if any model or version fails to load (default: report it and serve the rest).");
-ABSL_FLAG(int, drain_seconds, 10, "On SIGTERM/SIGINT, how long in-flight requests may take to finish.");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
+          "On SIGTERM/SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, and requests in flight "
+          "have this long to finish before they are cancelled and the server exits (0).");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error.");
 
 namespace careserve {
@@ -180,13 +182,21 @@ int Run() {
 
   int signal = 0;
   sigwait(&signals, &signal);
+  const absl::Time drain_deadline = absl::Now() + absl::GetFlag(FLAGS_drain_timeout);
   Log(LogLevel::kInfo, "draining", {{"signal", strsignal(signal)},
-                                    {"drain_seconds", std::to_string(absl::GetFlag(FLAGS_drain_seconds))}});
+                                    {"drain_timeout", absl::FormatDuration(absl::GetFlag(FLAGS_drain_timeout))}});
+  // Readiness goes first, and the server keeps accepting RPCs meanwhile: health checks
+  // see NOT_SERVING (rather than a refused connection) and new requests get UNAVAILABLE
+  // with a reason, while those in flight finish.
   health->SetServingStatus(false);
+  health->SetServingStatus(care::vision::v1::VisionService::service_full_name(), false);
   metrics.SetReady(false);
-  // In-flight requests finish (their batches run); new ones are refused.
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(absl::GetFlag(FLAGS_drain_seconds)));
   service.StartDraining();
+  const int unfinished = service.WaitIdle(drain_deadline);
+  if (unfinished > 0) {
+    Log(LogLevel::kWarning, "drain timeout: cancelling requests in flight", {{"requests", std::to_string(unfinished)}});
+  }
+  server->Shutdown(absl::ToChronoTime(drain_deadline));  // cancels what is left once it has passed
   (*repository)->Stop();
   server->Wait();
   Log(LogLevel::kInfo, "stopped");

@@ -24,8 +24,9 @@ constexpr int kMaxDetectionsLimit = 10000;
 // then calls OnDone, which deletes it.
 class VisionService::Call : public grpc::ServerUnaryReactor {
  public:
-  Call(grpc::CallbackServerContext* context, ServerMetrics* metrics, const char* method)
-      : metrics_(metrics), method_(method), start_(absl::Now()) {
+  Call(grpc::CallbackServerContext* context, ServerMetrics* metrics, std::atomic<int>* active, const char* method)
+      : metrics_(metrics), active_(active), method_(method), start_(absl::Now()) {
+    active_->fetch_add(1);
     const auto deadline = context->deadline();
     deadline_ = deadline == std::chrono::system_clock::time_point::max() ? absl::InfiniteFuture()
                                                                          : absl::FromChrono(deadline);
@@ -49,7 +50,9 @@ class VisionService::Call : public grpc::ServerUnaryReactor {
           {{"method", method_}, {"model", model_label_}, {"code", CodeName(status.code())},
            {"error", std::string(status.message())}});
     }
+    std::atomic<int>* active = active_;
     Finish(ToGrpcStatus(status));  // `this` may be deleted from here on
+    active->fetch_sub(1);
   }
 
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
@@ -59,6 +62,7 @@ class VisionService::Call : public grpc::ServerUnaryReactor {
 
  private:
   ServerMetrics* const metrics_;
+  std::atomic<int>* const active_;
   const char* const method_;
   const absl::Time start_;
   absl::Time deadline_;
@@ -69,6 +73,12 @@ class VisionService::Call : public grpc::ServerUnaryReactor {
 
 VisionService::VisionService(ServerMetrics* metrics, ThreadPool* preprocess, DecodeLimits limits)
     : metrics_(metrics), preprocess_(preprocess), limits_(limits) {}
+
+int VisionService::WaitIdle(absl::Time deadline) const {
+  int active;
+  while ((active = active_.load()) > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  return active;
+}
 
 absl::StatusOr<const ModelRepository*> VisionService::Available() const {
   if (draining_.load()) return absl::UnavailableError("the server is shutting down; retry on another replica");
@@ -161,7 +171,7 @@ void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image
 grpc::ServerUnaryReactor* VisionService::Classify(grpc::CallbackServerContext* context,
                                                   const v1::ClassifyRequest* request,
                                                   v1::ClassifyResponse* response) {
-  auto* call = new Call(context, metrics_, "Classify");
+  auto* call = new Call(context, metrics_, &active_, "Classify");
   ServedModel* model = ResolveOrAnswer(call, request->model(), request->model_version(), Task::kClassification);
   if (model == nullptr) return call;
   const int num_classes = model->spec->num_classes;
@@ -223,7 +233,7 @@ absl::StatusOr<DetectOptions> DetectOptionsFor(const v1::DetectRequest& request,
 
 grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* context,
                                                 const v1::DetectRequest* request, v1::DetectResponse* response) {
-  auto* call = new Call(context, metrics_, "Detect");
+  auto* call = new Call(context, metrics_, &active_, "Detect");
   ServedModel* model = ResolveOrAnswer(call, request->model(), request->model_version(), Task::kDetection);
   if (model == nullptr) return call;
   absl::StatusOr<DetectOptions> options = DetectOptionsFor(*request, model->spec->postprocess);
@@ -265,7 +275,7 @@ grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* con
 
 grpc::ServerUnaryReactor* VisionService::Segment(grpc::CallbackServerContext* context,
                                                  const v1::SegmentRequest* request, v1::SegmentResponse* response) {
-  auto* call = new Call(context, metrics_, "Segment");
+  auto* call = new Call(context, metrics_, &active_, "Segment");
   ServedModel* model = ResolveOrAnswer(call, request->model(), request->model_version(), Task::kSegmentation);
   if (model == nullptr) return call;
   Infer(call, model, &request->image(), RespondOn::kPool,
@@ -297,7 +307,7 @@ grpc::ServerUnaryReactor* VisionService::Segment(grpc::CallbackServerContext* co
 
 grpc::ServerUnaryReactor* VisionService::ListModels(grpc::CallbackServerContext* context,
                                                     const v1::ListModelsRequest*, v1::ListModelsResponse* response) {
-  auto* call = new Call(context, metrics_, "ListModels");
+  auto* call = new Call(context, metrics_, &active_, "ListModels");
   absl::StatusOr<const ModelRepository*> repository = Available();
   if (!repository.ok()) {
     call->Answer(repository.status());

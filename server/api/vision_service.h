@@ -23,6 +23,9 @@ class VisionService final : public care::vision::v1::VisionService::CallbackServ
   void SetRepository(const ModelRepository* repository) { repository_.store(repository); }
   // From now on model RPCs answer UNAVAILABLE: the server is shutting down.
   void StartDraining() { draining_.store(true); }
+  // Waits until no RPC is being served (those in flight have been answered) or `deadline`
+  // passes; returns how many are still in flight.
+  int WaitIdle(absl::Time deadline) const;
 
   grpc::ServerUnaryReactor* Classify(grpc::CallbackServerContext* context,
                                      const care::vision::v1::ClassifyRequest* request,
@@ -58,6 +61,8 @@ class VisionService final : public care::vision::v1::VisionService::CallbackServ
   const DecodeLimits limits_;
   std::atomic<const ModelRepository*> repository_{nullptr};
   std::atomic<bool> draining_{false};
+  // RPCs received and not yet answered.
+  std::atomic<int> active_{0};
 };
 
 }  // namespace careserve

@@ -80,6 +80,10 @@ ServerMetrics::ServerMetrics()
                       .Name("care_model_info")
                       .Help("1 for every model version being served; weights=random means its answers mean nothing.")
                       .Register(*registry_)),
+      model_ready_(prometheus::BuildGauge()
+                       .Name("care_model_ready")
+                       .Help("1 when the model (any version) is served, 0 when it failed to load; ListModels says why.")
+                       .Register(*registry_)),
       ready_(prometheus::BuildGauge()
                  .Name("care_server_ready")
                  .Help("1 while the server reports SERVING (every model loaded and warm, not draining), else 0.")

@@ -42,6 +42,9 @@ class ServerMetrics {
   // care_server_ready: 1 while health is SERVING (models warm, not draining), else 0.
   void SetReady(bool ready) { ready_.Set(ready ? 1 : 0); }
   // care_model_info{model, version, task, architecture, weights} = 1.
+  // care_model_ready{model}: 1 when at least one version of the model is served, 0 when
+  // it failed to load (ListModels and the log say why).
+  void SetModelReady(const std::string& model, bool ready) { model_ready_.Add({{"model", model}}).Set(ready ? 1 : 0); }
   void SetModelInfo(const std::string& model, int64_t version, const std::string& task,
                     const std::string& architecture, const std::string& weights);
 
@@ -58,6 +61,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Gauge>& inflight_;
   prometheus::Family<prometheus::Gauge>& queue_capacity_;
   prometheus::Family<prometheus::Gauge>& model_info_;
+  prometheus::Family<prometheus::Gauge>& model_ready_;
   prometheus::Gauge& ready_;
 
   absl::Mutex mu_;

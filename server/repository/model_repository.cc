@@ -55,6 +55,7 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(const std
     auto model = std::make_unique<RepositoryModel>();
     model->name = dir.filename().string();
     repo->LoadModel(dir.string(), model.get(), options, metrics);
+    metrics->SetModelReady(model->name, model->ready());
     if (!model->errors.empty()) {
       Log(LogLevel::kError, model->ready() ? "model partly loaded" : "model not served",
           {{"model", model->name}, {"error", absl::StrJoin(model->errors, "; ")}});

@@ -86,7 +86,9 @@ def test_rendered_objects(target):
     # preStop, then SIGTERM and the server's drain, all inside the grace period.
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    assert pod["spec"]["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + int(server_flags["drain_seconds"])
+    drain = server_flags["drain_timeout"]
+    assert drain.endswith("s") and drain[:-1].isdigit(), drain
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + int(drain[:-1])
 
     # Volumes: the flags ConfigMap (name with kustomize's hash) and a writable /tmp.
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}

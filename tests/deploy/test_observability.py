@@ -187,7 +187,7 @@ def test_dashboard_variables_resolve(stack, traffic):
 def test_alert_rules_are_loaded_and_evaluate(stack, traffic):
     groups = get_json(stack["prometheus"] + "/api/v1/rules")["data"]["groups"]
     rules = {r["name"]: r for g in groups for r in g["rules"]}
-    assert len(rules) == 6
+    assert len(rules) == 7
     for rule in rules.values():
         assert rule["health"] == "ok", rule
     # The test repository's models have random weights: that alert is on its way.
@@ -197,3 +197,10 @@ def test_alert_rules_are_loaded_and_evaluate(stack, traffic):
                 and a["labels"]["model"] == "care_s0_cls"]
     alert = wait_for(random_weights_alert, 30, "the random-weights alert")[0]
     assert alert["state"] in ("pending", "firing")
+    # And its broken models (corrupt model.pt, missing labels, invalid config) that one.
+    def not_served_alerts():
+        alerts = get_json(stack["prometheus"] + "/api/v1/alerts")["data"]["alerts"]
+        return {a["labels"]["model"] for a in alerts if a["labels"]["alertname"] == "CareServeModelNotServed"}
+    assert wait_for(lambda: not_served_alerts() >= {"broken_model", "corrupt_weights", "missing_labels"} and
+                    not_served_alerts(), 30, "the model-not-served alerts") == {
+        "broken_model", "corrupt_weights", "missing_labels"}

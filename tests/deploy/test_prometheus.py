@@ -22,7 +22,7 @@ def test_config_is_valid():
 
 
 def test_rules_are_valid():
-    assert "6 rules found" in promtool("check", "rules", os.path.join(PROMETHEUS, "alerts.yml"))
+    assert "7 rules found" in promtool("check", "rules", os.path.join(PROMETHEUS, "alerts.yml"))
 
 
 def test_alert_unit_tests():

@@ -32,4 +32,11 @@ cat > "$out/broken_model/config.json" <<'JSON'
  "batching": {"max_batch_size": 0}}
 JSON
 echo "only" > "$out/broken_model/labels.txt"
+# A valid model whose TorchScript file is corrupt, and one whose labels file is missing.
+cp -r "$out/care_s0_queue1" "$out/corrupt_weights"
+sed -i 's/"care_s0_queue1"/"corrupt_weights"/' "$out/corrupt_weights/config.json"
+head -c 5000 "$out/care_s0_queue1/1/model.pt" > "$out/corrupt_weights/1/model.pt"
+cp -r "$out/care_s0_queue1" "$out/missing_labels"
+sed -i 's/"care_s0_queue1"/"missing_labels"/' "$out/missing_labels/config.json"
+rm "$out/missing_labels/labels.txt"
 echo "exported test repository to $out"

@@ -94,20 +94,26 @@ double Sample(const std::string& metrics, const std::string& series) {
 // A care-server process on loopback, started once for the whole suite.
 class Server {
  public:
-  void Start() {
+  // `flags` come after the defaults below (a flag given twice: the last one counts).
+  void Start(const std::vector<std::string>& flags = {}, const std::string& log_name = "care_server_test") {
     const std::string binary = Env("CARE_SERVER");
     const std::string repository = Env("CARE_TEST_REPOSITORY");
     ASSERT_FALSE(binary.empty()) << "CARE_SERVER is not set (run through ctest)";
-    log_path_ = ::testing::TempDir() + "/care_server_test.log";
+    log_path_ = ::testing::TempDir() + "/" + log_name + ".log";
     // Truncated before the fork: the log of an earlier run is never mistaken for this one's.
     const int log_fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     ASSERT_GE(log_fd, 0) << log_path_;
+    std::vector<std::string> args = {binary, "--model_repository=" + repository, "--host=127.0.0.1", "--port=0",
+                                     "--metrics_port=0", "--engine_runners=2", "--intra_op_threads=1",
+                                     "--drain_timeout=5s"};
+    args.insert(args.end(), flags.begin(), flags.end());
     pid_ = fork();
     if (pid_ == 0) {
       dup2(log_fd, 2);
-      execl(binary.c_str(), binary.c_str(), ("--model_repository=" + repository).c_str(), "--host=127.0.0.1",
-            "--port=0", "--metrics_port=0", "--engine_runners=2", "--intra_op_threads=1", "--drain_seconds=5",
-            nullptr);
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(binary.c_str(), argv.data());
       _exit(127);
     }
     close(log_fd);
@@ -139,6 +145,27 @@ class Server {
     waitpid(pid_, &status, 0);
     pid_ = 0;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+  void Signal(int signal) const { kill(pid_, signal); }
+  // Waits up to `timeout` for the process to exit: its exit code, or -1 if still running.
+  int WaitExit(std::chrono::milliseconds timeout) {
+    const auto give_up = std::chrono::steady_clock::now() + timeout;
+    do {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = 0;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    } while (std::chrono::steady_clock::now() < give_up);
+    return -1;
+  }
+  ~Server() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
   }
 
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
@@ -211,6 +238,50 @@ class ServerTest : public ::testing::Test {
 };
 
 Server* ServerTest::server_ = nullptr;
+
+// A raw 64x64 image (no decoding: the work is the network's).
+v1::Image Raw64(int seed) {
+  cv::Mat pixels(64, 64, CV_8UC3);
+  cv::randu(pixels, cv::Scalar::all(seed % 50), cv::Scalar::all(200 + seed % 50));
+  v1::Image image;
+  image.mutable_raw()->set_width(64);
+  image.mutable_raw()->set_height(64);
+  image.mutable_raw()->set_format(v1::BGR8);
+  image.mutable_raw()->set_data(pixels.data, pixels.total() * pixels.elemSize());
+  return image;
+}
+
+// Requests sent asynchronously, and their outcomes.
+struct Burst {
+  std::vector<v1::ClassifyRequest> requests;
+  std::vector<v1::ClassifyResponse> responses;
+  std::vector<grpc::ClientContext> contexts;
+  std::vector<grpc::Status> statuses;
+  absl::Mutex mu;
+  int done = 0;
+
+  Burst(v1::VisionService::Stub* stub, int n, const std::string& model, const std::vector<v1::Image>& images)
+      : requests(n), responses(n), contexts(n), statuses(n) {
+    for (int i = 0; i < n; ++i) {
+      requests[i].set_model(model);
+      *requests[i].mutable_image() = images[i % images.size()];
+      stub->async()->Classify(&contexts[i], &requests[i], &responses[i], [this, i](grpc::Status status) {
+        absl::MutexLock lock(&mu);
+        statuses[i] = std::move(status);
+        ++done;
+      });
+    }
+  }
+  void Wait() {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(+[](Burst* b) { return b->done == static_cast<int>(b->requests.size()); }, this));
+  }
+  int Count(StatusCode code) {
+    int n = 0;
+    for (const grpc::Status& s : statuses) n += s.error_code() == code;
+    return n;
+  }
+};
 
 TEST_F(ServerTest, ConcurrentClassifyCallsGetTheirOwnImagesLogits) {
   constexpr int kCalls = 64;
@@ -672,6 +743,50 @@ TEST_F(ServerTest, ARequestWhoseDeadlinePassesInTheQueueIsDroppedNotComputed) {
   EXPECT_EQ(delta("care_batch_size_sum" + model), kBurst) << "the expired request was computed";
 }
 
+TEST_F(ServerTest, ARequestCancelledInTheQueueIsNeverComputed) {
+  // As above, but the client cancels its request 20 ms after sending it, while it waits
+  // behind the burst.
+  constexpr int kBurst = 48;
+  auto own_channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(server_->grpc_port()),
+                                               grpc::InsecureChannelCredentials(), grpc::ChannelArguments());
+  ASSERT_TRUE(own_channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)));
+  auto own_stub = v1::VisionService::NewStub(own_channel);
+  const std::string model = "{model=\"care_s0_cls\"}";
+  const std::string before = HttpGet(server_->metrics_port(), "/metrics");
+  std::vector<v1::Image> images;
+  for (int i = 0; i < kBurst; ++i) images.push_back(Raw64(i));
+  Burst burst(stub_.get(), kBurst, "care_s0_cls", images);
+  v1::ClassifyRequest request;
+  request.set_model("care_s0_cls");
+  *request.mutable_image() = Raw64(99);
+  grpc::ClientContext context;
+  v1::ClassifyResponse response;
+  absl::Notification answered;
+  grpc::Status status;
+  own_stub->async()->Classify(&context, &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    answered.Notify();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  context.TryCancel();
+  answered.WaitForNotification();
+  EXPECT_EQ(status.error_code(), StatusCode::CANCELLED);
+  burst.Wait();
+  ASSERT_EQ(burst.Count(StatusCode::OK), kBurst);
+  // The server answers the cancelled request when its executor reaches it; wait for that.
+  const std::string series = R"(care_requests_total{code="CANCELLED",method="Classify",model="care_s0_cls"})";
+  std::string after;
+  double cancelled = 0;
+  for (int attempt = 0; attempt < 100 && cancelled < 1; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    after = HttpGet(server_->metrics_port(), "/metrics");
+    cancelled = std::max(0.0, Sample(after, series)) - std::max(0.0, Sample(before, series));
+  }
+  EXPECT_EQ(cancelled, 1) << "the server never counted the cancelled request";
+  EXPECT_EQ(Sample(after, "care_batch_size_sum" + model) - Sample(before, "care_batch_size_sum" + model), kBurst)
+      << "the cancelled request was computed";
+}
+
 // The dense references (tests/tools/dense_reference.py, run by the test fixture).
 struct DenseReference {
   google::protobuf::Struct json;
@@ -838,7 +953,7 @@ TEST_F(ServerTest, ListModelsReportsServedAndFailedModels) {
   ASSERT_TRUE(stub_->ListModels(&context, v1::ListModelsRequest(), &response).ok());
   std::map<std::string, v1::ModelInfo> models;
   for (const v1::ModelInfo& m : response.models()) models[m.name()] = m;
-  ASSERT_EQ(models.size(), 5u);
+  ASSERT_EQ(models.size(), 7u);
   const v1::ModelInfo& cls = models["care_s0_cls"];
   EXPECT_TRUE(cls.ready());
   EXPECT_EQ(cls.task(), "classification");
@@ -863,6 +978,20 @@ TEST_F(ServerTest, ListModelsReportsServedAndFailedModels) {
   EXPECT_FALSE(broken.ready());
   EXPECT_EQ(broken.versions_size(), 0);
   EXPECT_NE(broken.error().find("batching.max_batch_size must be >= 1, got 0"), std::string::npos) << broken.error();
+  // A corrupt TorchScript file and a missing labels file: reported, the rest served.
+  EXPECT_FALSE(models["corrupt_weights"].ready());
+  EXPECT_NE(models["corrupt_weights"].error().find("version 1: cannot load TorchScript"), std::string::npos)
+      << models["corrupt_weights"].error();
+  EXPECT_FALSE(models["missing_labels"].ready());
+  EXPECT_NE(models["missing_labels"].error().find("labels.txt"), std::string::npos) << models["missing_labels"].error();
+  // In the metrics and the log too.
+  const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_EQ(Sample(metrics, R"(care_model_ready{model="care_s0_cls"})"), 1);
+  for (const char* failed : {"broken_model", "corrupt_weights", "missing_labels"}) {
+    EXPECT_EQ(Sample(metrics, absl::StrFormat(R"(care_model_ready{model="%s"})", failed)), 0) << failed;
+    EXPECT_NE(server_->log().find(absl::StrFormat("msg=\"model not served\" model=%s", failed)), std::string::npos)
+        << failed;
+  }
 }
 
 TEST_F(ServerTest, ModelsWithoutConfiguredInstancesGetOneExecutorPerEngineRunner) {
@@ -957,6 +1086,110 @@ TEST_F(ServerTest, MetricsEndpointExportsTheContractsMetrics) {
   EXPECT_GT(started, now - 600);
   EXPECT_LE(started, now + 1);
   EXPECT_EQ(HttpGet(server_->metrics_port(), "/nothing").find("not found"), 9u);
+}
+
+// --- Each with a server of its own ------------------------------------------------------
+
+grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::shared_ptr<grpc::Channel>& channel,
+                                                            const std::string& service) {
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (!health->Check(&context, request, &response).ok()) return grpc::health::v1::HealthCheckResponse::UNKNOWN;
+  return response.status();
+}
+
+TEST(Drain, SigtermFinishesRequestsInFlightRefusesNewOnesAndExitsZero) {
+  Server server;
+  server.Start({"--drain_timeout=30s"}, "drain_test");
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
+  auto stub = v1::VisionService::NewStub(server.channel());
+  std::vector<v1::Image> images;
+  for (int i = 0; i < 8; ++i) images.push_back(Raw64(i));
+  // 250 requests: about a second of work here. SIGTERM once the server holds some.
+  Burst burst(stub.get(), 250, "care_s0_cls", images);
+  const std::string inflight = R"(care_inflight_requests{model="care_s0_cls"})";
+  double held = 0;
+  for (int i = 0; i < 500 && held < 20; ++i) held = Sample(HttpGet(server.metrics_port(), "/metrics"), inflight);
+  ASSERT_GE(held, 20);
+  const auto sigterm = std::chrono::steady_clock::now();
+  server.Signal(SIGTERM);
+
+  // Readiness turns NOT_SERVING while the server still answers; new requests: UNAVAILABLE.
+  grpc::health::v1::HealthCheckResponse::ServingStatus status = grpc::health::v1::HealthCheckResponse::SERVING;
+  for (int i = 0; i < 200 && status == grpc::health::v1::HealthCheckResponse::SERVING; ++i) {
+    status = Health(server.channel(), "");
+  }
+  EXPECT_EQ(status, grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(Health(server.channel(), "care.vision.v1.VisionService"), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  {
+    v1::ClassifyRequest request;
+    request.set_model("care_s0_cls");
+    *request.mutable_image() = images[0];
+    grpc::ClientContext context;
+    v1::ClassifyResponse response;
+    const grpc::Status refused = stub->Classify(&context, request, &response);
+    EXPECT_EQ(refused.error_code(), StatusCode::UNAVAILABLE) << refused.error_message();
+    EXPECT_NE(refused.error_message().find("shutting down"), std::string::npos) << refused.error_message();
+  }
+
+  // Every request the server held at SIGTERM is answered; the others were refused as new.
+  burst.Wait();
+  EXPECT_GE(burst.Count(StatusCode::OK), held);
+  EXPECT_EQ(burst.Count(StatusCode::OK) + burst.Count(StatusCode::UNAVAILABLE), 250);
+  const int code = server.WaitExit(std::chrono::seconds(30));
+  EXPECT_EQ(code, 0) << server.log();
+  EXPECT_LT(std::chrono::steady_clock::now() - sigterm, std::chrono::seconds(30));
+  EXPECT_NE(server.log().find("msg=stopped"), std::string::npos) << server.log();
+  EXPECT_EQ(server.log().find("drain timeout"), std::string::npos) << server.log();
+}
+
+TEST(Drain, RequestsStillRunningAtTheDrainTimeoutAreCancelledAndTheServerExitsZero) {
+  Server server;
+  server.Start({"--drain_timeout=1s"}, "drain_timeout_test");
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
+  auto stub = v1::VisionService::NewStub(server.channel());
+  // 1280x960 PNGs, a queue's worth: several seconds of decoding here.
+  std::vector<v1::Image> images;
+  for (const cv::Mat& photo : Photos()) {
+    cv::Mat resized;
+    cv::resize(photo, resized, cv::Size(1280, 960));
+    std::vector<uchar> bytes;
+    cv::imencode(".png", resized, bytes);
+    images.emplace_back().set_encoded(std::string(bytes.begin(), bytes.end()));
+  }
+  Burst burst(stub.get(), 256, "care_s0_cls", images);
+  const std::string inflight = R"(care_inflight_requests{model="care_s0_cls"})";
+  double held = 0;
+  for (int i = 0; i < 500 && held < 200; ++i) held = Sample(HttpGet(server.metrics_port(), "/metrics"), inflight);
+  ASSERT_GE(held, 200);
+  const auto sigterm = std::chrono::steady_clock::now();
+  server.Signal(SIGTERM);
+  const int code = server.WaitExit(std::chrono::seconds(20));
+  const auto took = std::chrono::steady_clock::now() - sigterm;
+  EXPECT_EQ(code, 0) << server.log();
+  EXPECT_LT(took, std::chrono::seconds(4)) << "drain_timeout=1s";
+  burst.Wait();
+  // Those held at SIGTERM were answered within the second or cut off by the shutdown
+  // (clients see UNAVAILABLE, as for the requests refused as new).
+  const int ok = burst.Count(StatusCode::OK), unavailable = burst.Count(StatusCode::UNAVAILABLE);
+  EXPECT_LT(ok, held) << "the drain was not cut short";
+  EXPECT_EQ(ok + unavailable, 256) << ok << " OK, " << unavailable << " UNAVAILABLE";
+  EXPECT_NE(server.log().find("msg=\"drain timeout: cancelling requests in flight\""), std::string::npos)
+      << server.log();
+}
+
+TEST(Strict, AModelThatFailsToLoadStopsTheServerAtStart) {
+  int status = 0;
+  const std::string out = RunCommand(Env("CARE_SERVER") + " --model_repository=" + Env("CARE_TEST_REPOSITORY") +
+                                         " --strict --host=127.0.0.1 --port=0 --metrics_port=-1 2>&1",
+                                     &status);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << out;
+  EXPECT_NE(out.find("--strict: model broken_model: "), std::string::npos) << out;
+  EXPECT_NE(out.find("batching.max_batch_size must be >= 1, got 0"), std::string::npos) << out;
 }
 
 }  // namespace
