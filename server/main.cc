@@ -23,6 +23,7 @@
 #include "server/common/log.h"
 #include "server/common/memory.h"
 #include "server/common/thread_pool.h"
+#include "server/common/tls.h"
 #include "server/engine/torch_model.h"
 #include "server/metrics/metrics.h"
 #include "server/metrics/metrics_endpoint.h"
@@ -62,6 +63,10 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
           "On SIGTERM/SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, and requests in flight "
           "have this long to finish before they are cancelled and the server exits (0).");
 ABSL_FLAG(std::string, log_level, "info", "debug | info | warning | error.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve gRPC over TLS (with --tls_key). Default: plaintext.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: mutual TLS, clients must present a certificate it signed (needs --tls_cert).");
 
 namespace careserve {
 namespace {
@@ -130,10 +135,16 @@ int Run() {
   VisionService service(&metrics, &preprocess, decode_limits);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  const ServerTls tls{absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca)};
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeServerCredentials(tls);
+  if (!credentials.ok()) {
+    Log(LogLevel::kError, "cannot set up TLS", {{"error", std::string(credentials.status().message())}});
+    return 2;
+  }
   grpc::ServerBuilder builder;
   int grpc_port = 0;
-  builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port)),
-                           grpc::InsecureServerCredentials(), &grpc_port);
+  builder.AddListeningPort(absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port)), *credentials,
+                           &grpc_port);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.RegisterService(&service);
@@ -153,6 +164,7 @@ int Run() {
   Log(LogLevel::kInfo, "listening",
       {{"grpc_port", std::to_string(grpc_port)},
        {"metrics_port", std::to_string(metrics_port)},
+       {"tls", ServerTlsMode(tls)},
        {"engine_runners", std::to_string(runners)},
        {"intra_op_threads", std::to_string(intra)},
        {"preprocess_threads", std::to_string(pre)},
