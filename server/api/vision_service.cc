@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "server/api/grpc_status.h"
+#include "server/api/validation.h"
 #include "server/common/log.h"
 #include "server/postprocess/classify.h"
 #include "server/postprocess/detect.h"
@@ -16,9 +17,6 @@
 namespace careserve {
 
 namespace v1 = care::vision::v1;
-
-// Most detections one request may ask for.
-constexpr int kMaxDetectionsLimit = 10000;
 
 // One RPC in flight. Answer() finishes it exactly once, after recording its metrics; gRPC
 // then calls OnDone, which deletes it.
@@ -174,13 +172,12 @@ grpc::ServerUnaryReactor* VisionService::Classify(grpc::CallbackServerContext* c
   auto* call = new Call(context, metrics_, &active_, "Classify");
   ServedModel* model = ResolveOrAnswer(call, request->model(), request->model_version(), Task::kClassification);
   if (model == nullptr) return call;
-  const int num_classes = model->spec->num_classes;
-  if (request->top_k() < 0 || request->top_k() > num_classes) {
-    call->Answer(absl::InvalidArgumentError(absl::StrCat("top_k must be between 0 and ", num_classes,
-                                                         " (the model's classes; 0 means 5), got ", request->top_k())));
+  absl::StatusOr<int> top_k_or = TopKFor(request->top_k(), model->spec->num_classes);
+  if (!top_k_or.ok()) {
+    call->Answer(top_k_or.status());
     return call;
   }
-  const int top_k = request->top_k() == 0 ? std::min(5, num_classes) : request->top_k();
+  const int top_k = *top_k_or;
   Infer(call, model, &request->image(), RespondOn::kExecutor,
         [model, response, top_k](const RowOutputs& outputs, const ResizedImage&) {
     const int num_classes = model->spec->num_classes;
@@ -204,39 +201,15 @@ grpc::ServerUnaryReactor* VisionService::Classify(grpc::CallbackServerContext* c
   return call;
 }
 
-namespace {
-
-// A request's detection parameters over the model's defaults, or what is wrong with them.
-absl::StatusOr<DetectOptions> DetectOptionsFor(const v1::DetectRequest& request, const DetectionDefaults& defaults) {
-  DetectOptions options{defaults.score_threshold, defaults.iou_threshold, defaults.max_detections};
-  const float score = request.score_threshold(), iou = request.iou_threshold();
-  if (!(score >= 0.0f && score <= 1.0f)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("score_threshold must be in [0, 1] (0: the model's ", defaults.score_threshold, "), got ", score));
-  }
-  if (!(iou >= 0.0f && iou <= 1.0f)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("iou_threshold must be in [0, 1] (0: the model's ", defaults.iou_threshold, "), got ", iou));
-  }
-  if (request.max_detections() < 0 || request.max_detections() > kMaxDetectionsLimit) {
-    return absl::InvalidArgumentError(absl::StrCat("max_detections must be in [0, ", kMaxDetectionsLimit,
-                                                   "] (0: the model's ", defaults.max_detections, "), got ",
-                                                   request.max_detections()));
-  }
-  if (score > 0.0f) options.score_threshold = score;
-  if (iou > 0.0f) options.iou_threshold = iou;
-  if (request.max_detections() > 0) options.max_detections = request.max_detections();
-  return options;
-}
-
-}  // namespace
 
 grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* context,
                                                 const v1::DetectRequest* request, v1::DetectResponse* response) {
   auto* call = new Call(context, metrics_, &active_, "Detect");
   ServedModel* model = ResolveOrAnswer(call, request->model(), request->model_version(), Task::kDetection);
   if (model == nullptr) return call;
-  absl::StatusOr<DetectOptions> options = DetectOptionsFor(*request, model->spec->postprocess);
+  const DetectionDefaults& d = model->spec->postprocess;
+  absl::StatusOr<DetectOptions> options =
+      DetectOptionsFor(*request, DetectOptions{d.score_threshold, d.iou_threshold, d.max_detections});
   if (!options.ok()) {
     call->Answer(options.status());
     return call;
