@@ -17,12 +17,17 @@ using care::vision::v1::Image;
 using care::vision::v1::PixelFormat;
 using care::vision::v1::RawImage;
 
+// Sides are at most 2^32 - 1 (PNG) here: their product fits in 64 unsigned bits.
 std::string SizeText(int64_t width, int64_t height) {
-  return absl::StrCat(width, "x", height, " (", width * height, " pixels)");
+  return absl::StrCat(width, "x", height, " (", static_cast<uint64_t>(width) * static_cast<uint64_t>(height),
+                      " pixels)");
 }
 
+// width x height > max_pixels, for positive sides, without overflowing.
+bool MorePixels(int64_t width, int64_t height, int64_t max_pixels) { return width > max_pixels / height; }
+
 absl::Status CheckPixels(int64_t width, int64_t height, const DecodeLimits& limits) {
-  if (width * height <= limits.max_pixels) return absl::OkStatus();
+  if (!MorePixels(width, height, limits.max_pixels)) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat("image is ", SizeText(width, height), ", more than the limit of ",
                                                  limits.max_pixels, " pixels"));
 }
@@ -150,7 +155,7 @@ absl::StatusOr<cv::Mat> DecodeEncoded(const std::string& bytes, const DecodeLimi
       return absl::InvalidArgumentError(absl::StrCat("image.encoded: the ", format, " header declares a ",
                                                      declared_width, "x", declared_height, " image"));
     }
-    if (declared_width * declared_height > limits.max_pixels) {
+    if (MorePixels(declared_width, declared_height, limits.max_pixels)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "image.encoded: the ", format, " header declares ", SizeText(declared_width, declared_height),
           ", more than the limit of ", limits.max_pixels, " pixels"));

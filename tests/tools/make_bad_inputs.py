@@ -103,6 +103,9 @@ def main(out):
     # Decompression bombs: small files declaring huge images, refused from the header.
     case("bomb_100000x100000.png", png_declaring(100000, 100000, zlib.compress(bytes(1000))), "INVALID_ARGUMENT",
          "the PNG header declares 100000x100000 (10000000000 pixels), more than the limit of")
+    # Found by tests/fuzz/decode_fuzzer: sides whose product overflows 64-bit signed arithmetic.
+    case("bomb_4294967295x4294967295.png", png_declaring(2**32 - 1, 2**32 - 1, zlib.compress(bytes(10))),
+         "INVALID_ARGUMENT", "the PNG header declares 4294967295x4294967295 (18446744065119617025 pixels)")
     case("bomb_65000x65000.jpg", jpeg_declaring(65000, 65000), "INVALID_ARGUMENT",
          "the JPEG header declares 65000x65000 (4225000000 pixels)")
     bmp = bytearray(good_bmp)
