@@ -16,7 +16,7 @@ PORT ?= 50051
 METRICS_PORT ?= 9091
 SERVER_FLAGS ?=
 
-.PHONY: deps build repository samples serve test test-python test-cpp test-deploy test-serve test-bench profile bench clean
+.PHONY: deps build repository samples serve test test-python test-cpp test-deploy test-serve test-bench test-fuzz fuzz fuzz-build soak profile bench clean
 
 deps:
 	bash scripts/deps.sh
@@ -34,7 +34,7 @@ repository: deps
 serve: build repository
 	$(BUILD_DIR)/care-server --model_repository=$(MODEL_REPOSITORY) --port=$(PORT) --metrics_port=$(METRICS_PORT) $(SERVER_FLAGS)
 
-test: build test-python test-cpp test-deploy test-serve test-bench
+test: build test-python test-cpp test-deploy test-serve test-bench test-fuzz
 
 test-python:
 	$(PYTHON) -m pytest -q tests/python
@@ -63,5 +63,23 @@ bench: build
 test-bench:
 	$(PYTHON) bench/run.py --smoke
 
+# 10 minutes of mixed load on the default repository; RSS at the start and the end.
+soak: build
+	bash scripts/soak.sh
+
+# libFuzzer (clang, ASan + UBSan): image decoding + preprocessing, request validation.
+# make test runs each for FUZZ_SECONDS on the checked-in corpora; make fuzz for 10 minutes.
+FUZZ_DIR ?= build-fuzz
+FUZZ_SECONDS ?= 20
+fuzz-build: deps
+	cmake -S tests/fuzz -B $(FUZZ_DIR) -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+	cmake --build $(FUZZ_DIR) -j$(JOBS)
+
+test-fuzz: fuzz-build
+	bash tests/fuzz/run.sh $(FUZZ_DIR) $(FUZZ_SECONDS)
+
+fuzz: fuzz-build
+	bash tests/fuzz/run.sh $(FUZZ_DIR) 600
+
 clean:
-	rm -rf $(BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(FUZZ_DIR)

@@ -13,6 +13,7 @@ BUILD_PKGS=(
   python3-opencv python3-yaml python3-matplotlib
   zlib1g-dev
   prometheus curl openssl
+  clang libclang-rt-14-dev
 )
 
 missing=()
