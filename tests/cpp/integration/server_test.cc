@@ -686,16 +686,6 @@ TEST_F(ServerTest, ARequestWhoseDeadlinePassesInTheQueueIsDroppedNotComputed) {
                                                grpc::InsecureChannelCredentials(), grpc::ChannelArguments());
   ASSERT_TRUE(own_channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)));
   auto own_stub = v1::VisionService::NewStub(own_channel);
-  auto small_image = [](int seed) {
-    cv::Mat pixels(64, 64, CV_8UC3);
-    cv::randu(pixels, cv::Scalar::all(seed % 50), cv::Scalar::all(200 + seed % 50));
-    v1::Image image;
-    image.mutable_raw()->set_width(64);
-    image.mutable_raw()->set_height(64);
-    image.mutable_raw()->set_format(v1::BGR8);
-    image.mutable_raw()->set_data(pixels.data, pixels.total() * pixels.elemSize());
-    return image;
-  };
   const std::string model = "{model=\"care_s0_cls\"}";
   const std::string before = HttpGet(server_->metrics_port(), "/metrics");
   std::vector<v1::ClassifyRequest> burst(kBurst);
@@ -705,7 +695,7 @@ TEST_F(ServerTest, ARequestWhoseDeadlinePassesInTheQueueIsDroppedNotComputed) {
   int done = 0, burst_ok = 0;
   for (int i = 0; i < kBurst; ++i) {
     burst[i].set_model("care_s0_cls");
-    *burst[i].mutable_image() = small_image(i);
+    *burst[i].mutable_image() = Raw64(i);
     stub_->async()->Classify(&burst_contexts[i], &burst[i], &burst_responses[i], [&](grpc::Status status) {
       absl::MutexLock lock(&mu);
       burst_ok += status.ok();
@@ -714,7 +704,7 @@ TEST_F(ServerTest, ARequestWhoseDeadlinePassesInTheQueueIsDroppedNotComputed) {
   }
   v1::ClassifyRequest request;
   request.set_model("care_s0_cls");
-  *request.mutable_image() = small_image(99);
+  *request.mutable_image() = Raw64(99);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(30));
   v1::ClassifyResponse response;
