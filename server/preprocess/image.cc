@@ -32,6 +32,54 @@ absl::Status CheckPixels(int64_t width, int64_t height, const DecodeLimits& limi
                                                  limits.max_pixels, " pixels"));
 }
 
+// What a JPEG's segments before its first scan say: the frame size (0 when no frame header
+// came first), and whether the scan data is followed by the end-of-image marker. libjpeg
+// decodes a truncated file with a warning, filling the missing rows with grey; PIL refuses
+// it ("image file is truncated"), and so do we. Segments are skipped by their lengths (an
+// EXIF thumbnail has an end marker of its own); inside scan data 0xFF is always followed by
+// 0x00 or a restart marker, so the first FF D9 after the first scan ends the image. A file
+// that is not laid out as markers is left to libjpeg to refuse (complete = true).
+struct JpegHeader {
+  int width = 0;
+  int height = 0;
+  bool complete = true;
+};
+
+JpegHeader ScanJpegHeader(const std::string& bytes) {
+  JpegHeader header;
+  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  if (n < 4 || b[0] != 0xFF || b[1] != 0xD8) return header;
+  size_t i = 2;
+  while (i + 3 < n) {
+    if (b[i] != 0xFF) return header;
+    const unsigned char marker = b[i + 1];
+    if (marker == 0xFF) {  // fill byte
+      ++i;
+      continue;
+    }
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) {  // no length
+      i += 2;
+      continue;
+    }
+    if (marker == 0xD9) return header;
+    if (marker == 0xDA) {
+      header.complete = absl::string_view(bytes).substr(i + 2).find("\xFF\xD9") != absl::string_view::npos;
+      return header;
+    }
+    const size_t length = (static_cast<size_t>(b[i + 2]) << 8) | b[i + 3];
+    const bool frame = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+    if (frame && header.width == 0) {
+      if (i + 9 > n || length < 7) return header;
+      header.height = (b[i + 5] << 8) | b[i + 6];
+      header.width = (b[i + 7] << 8) | b[i + 8];
+      if (header.width == 0 || header.height == 0) header.width = header.height = 0;
+    }
+    i += 2 + length;
+  }
+  return header;
+}
+
 bool Starts(const std::string& bytes, absl::string_view magic, size_t at = 0) {
   return bytes.size() >= at + magic.size() && absl::string_view(bytes).substr(at, magic.size()) == magic;
 }
@@ -62,9 +110,11 @@ int64_t Little32(const unsigned char* b) {
   return static_cast<int32_t>(b[0] | (b[1] << 8) | (b[2] << 16) | (uint32_t{b[3]} << 24));
 }
 
-// The size a PNG, JPEG, BMP or WebP header declares, read before decoding: false if the
-// header is not there to read (OpenCV's pixel cap still applies when decoding).
-bool DeclaredSize(const std::string& bytes, const char* format, int64_t* width, int64_t* height) {
+// The size a PNG, JPEG (from `jpeg`, its scanned header), BMP or WebP header declares, read
+// before decoding: false if the header is not there to read (OpenCV's pixel cap still
+// applies when decoding).
+bool DeclaredSize(const std::string& bytes, const char* format, const JpegHeader& jpeg, int64_t* width,
+                  int64_t* height) {
   const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
   const size_t n = bytes.size();
   const absl::string_view f(format);
@@ -74,10 +124,8 @@ bool DeclaredSize(const std::string& bytes, const char* format, int64_t* width, 
     return true;
   }
   if (f == "JPEG") {
-    int w = 0, h = 0;
-    if (!JpegFrameSize(bytes, &w, &h)) return false;
-    *width = w, *height = h;
-    return true;
+    *width = jpeg.width, *height = jpeg.height;
+    return jpeg.width > 0;
   }
   if (f == "BMP") {
     if (n < 26) return false;
@@ -108,33 +156,6 @@ bool DeclaredSize(const std::string& bytes, const char* format, int64_t* width, 
   return false;
 }
 
-// Whether a JPEG's scan data is followed by its end-of-image marker. libjpeg decodes a
-// truncated file with a warning, filling the missing rows with grey; PIL refuses it
-// ("image file is truncated"), and so do we. Segments before the first scan are skipped by
-// their lengths (an EXIF thumbnail there has an end marker of its own); inside scan data
-// 0xFF is always followed by 0x00 or a restart marker, so the first FF D9 after the first
-// scan ends the image.
-bool JpegHasEnd(const std::string& bytes) {
-  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
-  const size_t n = bytes.size();
-  size_t i = 2;
-  while (i + 3 < n) {
-    if (b[i] != 0xFF) return true;  // not a marker where one must be: let libjpeg say what is wrong
-    const unsigned char marker = b[i + 1];
-    if (marker == 0xFF || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) {
-      i += marker == 0xFF ? 1 : 2;
-      continue;
-    }
-    if (marker == 0xD9) return true;
-    if (marker == 0xDA) {
-      const absl::string_view rest = absl::string_view(bytes).substr(i + 2);
-      return rest.find("\xFF\xD9") != absl::string_view::npos;
-    }
-    i += 2 + ((static_cast<size_t>(b[i + 2]) << 8) | b[i + 3]);
-  }
-  return true;  // no scan at all: libjpeg refuses it
-}
-
 // `flags`: cv::IMREAD_COLOR, or one of the IMREAD_REDUCED_COLOR_* for a reduced decode.
 absl::StatusOr<cv::Mat> DecodeEncoded(const std::string& bytes, const DecodeLimits& limits,
                                       int flags = cv::IMREAD_COLOR) {
@@ -149,8 +170,9 @@ absl::StatusOr<cv::Mat> DecodeEncoded(const std::string& bytes, const DecodeLimi
   }
   // A decompression bomb (a small file declaring a huge image) is refused here, before
   // any pixel is allocated.
+  const JpegHeader jpeg = absl::string_view(format) == "JPEG" ? ScanJpegHeader(bytes) : JpegHeader{};
   int64_t declared_width = 0, declared_height = 0;
-  if (DeclaredSize(bytes, format, &declared_width, &declared_height)) {
+  if (DeclaredSize(bytes, format, jpeg, &declared_width, &declared_height)) {
     if (declared_width < 1 || declared_height < 1) {
       return absl::InvalidArgumentError(absl::StrCat("image.encoded: the ", format, " header declares a ",
                                                      declared_width, "x", declared_height, " image"));
@@ -161,7 +183,7 @@ absl::StatusOr<cv::Mat> DecodeEncoded(const std::string& bytes, const DecodeLimi
           ", more than the limit of ", limits.max_pixels, " pixels"));
     }
   }
-  if (absl::string_view(format) == "JPEG" && !JpegHasEnd(bytes)) {
+  if (!jpeg.complete) {
     return absl::InvalidArgumentError(absl::StrCat("image.encoded: the JPEG file (", bytes.size(),
                                                    " bytes) is truncated: its scan data has no end-of-image marker"));
   }
@@ -226,33 +248,10 @@ absl::StatusOr<cv::Mat> DecodeRaw(const RawImage& raw, const DecodeLimits& limit
 }  // namespace
 
 bool JpegFrameSize(const std::string& bytes, int* width, int* height) {
-  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
-  const size_t n = bytes.size();
-  if (n < 4 || b[0] != 0xFF || b[1] != 0xD8) return false;
-  size_t i = 2;
-  while (i + 3 < n) {
-    if (b[i] != 0xFF) return false;
-    const unsigned char marker = b[i + 1];
-    if (marker == 0xFF) {  // fill byte
-      ++i;
-      continue;
-    }
-    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) {  // no length
-      i += 2;
-      continue;
-    }
-    if (marker == 0xD9 || marker == 0xDA) return false;  // end, or scan data before any frame
-    const size_t length = (static_cast<size_t>(b[i + 2]) << 8) | b[i + 3];
-    const bool frame = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
-    if (frame) {
-      if (i + 9 > n || length < 7) return false;
-      *height = (b[i + 5] << 8) | b[i + 6];
-      *width = (b[i + 7] << 8) | b[i + 8];
-      return *width > 0 && *height > 0;
-    }
-    i += 2 + length;
-  }
-  return false;
+  const JpegHeader header = ScanJpegHeader(bytes);
+  if (header.width == 0) return false;
+  *width = header.width, *height = header.height;
+  return true;
 }
 
 int DecodeReduction(int width, int height, const InputSpec& spec) {
