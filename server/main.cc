@@ -201,7 +201,6 @@ int Run() {
   // see NOT_SERVING (rather than a refused connection) and new requests get UNAVAILABLE
   // with a reason, while those in flight finish.
   health->SetServingStatus(false);
-  health->SetServingStatus(care::vision::v1::VisionService::service_full_name(), false);
   metrics.SetReady(false);
   service.StartDraining();
   const int unfinished = service.WaitIdle(drain_deadline);
