@@ -676,76 +676,75 @@ TEST_F(ServerTest, OverloadIsRefusedAtOnceAndAdmittedRequestsKeepABoundedLatency
   EXPECT_TRUE(stub_->Classify(&context, request, &response).ok());
 }
 
-TEST_F(ServerTest, ARequestWhoseDeadlinePassesInTheQueueIsDroppedNotComputed) {
-  // Keep care_s0_cls's executor busy with a burst of 48 small images (three full
-  // batches), then send a request that gives up after 30 ms: it waits behind the burst
-  // and expires unrun. It goes on its own, already connected channel, so that it reaches
-  // the server at once rather than behind the burst's bytes.
-  constexpr int kBurst = 48;
-  auto own_channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(server_->grpc_port()),
-                                               grpc::InsecureChannelCredentials(), grpc::ChannelArguments());
-  ASSERT_TRUE(own_channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)));
-  auto own_stub = v1::VisionService::NewStub(own_channel);
-  const std::string model = "{model=\"care_s0_cls\"}";
-  const std::string before = HttpGet(server_->metrics_port(), "/metrics");
-  std::vector<v1::ClassifyRequest> burst(kBurst);
-  std::vector<v1::ClassifyResponse> burst_responses(kBurst);
-  std::vector<grpc::ClientContext> burst_contexts(kBurst);
-  absl::Mutex mu;
-  int done = 0, burst_ok = 0;
-  for (int i = 0; i < kBurst; ++i) {
-    burst[i].set_model("care_s0_cls");
-    *burst[i].mutable_image() = Raw64(i);
-    stub_->async()->Classify(&burst_contexts[i], &burst[i], &burst_responses[i], [&](grpc::Status status) {
-      absl::MutexLock lock(&mu);
-      burst_ok += status.ok();
-      ++done;
-    });
+// care_s0_cls kept busy by a burst of 48 small raw images (three full batches), and a
+// channel of its own for one more request, already connected, so that the request reaches
+// the server at once rather than behind the burst's bytes: it waits behind the burst.
+class BehindABurst {
+ public:
+  static constexpr int kBurst = 48;
+
+  BehindABurst(const Server& server, v1::VisionService::Stub* stub) : metrics_port_(server.metrics_port()) {
+    channel_ = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(server.grpc_port()),
+                                         grpc::InsecureChannelCredentials(), grpc::ChannelArguments());
+    EXPECT_TRUE(channel_->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)));
+    own_stub_ = v1::VisionService::NewStub(channel_);
+    before_ = HttpGet(metrics_port_, "/metrics");
+    std::vector<v1::Image> images;
+    for (int i = 0; i < kBurst; ++i) images.push_back(Raw64(i));
+    burst_ = std::make_unique<Burst>(stub, kBurst, "care_s0_cls", images);
   }
+
+  v1::VisionService::Stub* own_stub() { return own_stub_.get(); }
+
+  // Once the burst is answered (all OK): waits until the server has counted one more
+  // Classify of care_s0_cls answered with one of `codes` (it answers a dropped request when
+  // an executor reaches it). Returns how many it counted and how many images it computed
+  // since the start.
+  std::pair<double, double> Dropped(const std::vector<const char*>& codes) {
+    burst_->Wait();
+    EXPECT_EQ(burst_->Count(StatusCode::OK), kBurst);
+    std::string after;
+    auto delta = [&](const std::string& series) {
+      return std::max(0.0, Sample(after, series)) - std::max(0.0, Sample(before_, series));
+    };
+    double dropped = 0;
+    for (int attempt = 0; attempt < 100 && dropped < 1; ++attempt) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      after = HttpGet(metrics_port_, "/metrics");
+      dropped = 0;
+      for (const char* code : codes) {
+        dropped += delta(absl::StrFormat(R"(care_requests_total{code="%s",method="Classify",model="care_s0_cls"})", code));
+      }
+    }
+    return {dropped, delta(R"(care_batch_size_sum{model="care_s0_cls"})")};
+  }
+
+ private:
+  const int metrics_port_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::VisionService::Stub> own_stub_;
+  std::string before_;
+  std::unique_ptr<Burst> burst_;
+};
+
+TEST_F(ServerTest, ARequestWhoseDeadlinePassesInTheQueueIsDroppedNotComputed) {
+  // The request gives up after 30 ms, while it waits behind the burst: it expires unrun.
+  BehindABurst load(*server_, stub_.get());
   v1::ClassifyRequest request;
   request.set_model("care_s0_cls");
   *request.mutable_image() = Raw64(99);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(30));
   v1::ClassifyResponse response;
-  EXPECT_EQ(own_stub->Classify(&context, request, &response).error_code(), StatusCode::DEADLINE_EXCEEDED);
-  {
-    absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(+[](int* d) { return *d == kBurst; }, &done));
-  }
-  ASSERT_EQ(burst_ok, kBurst);
-  // The server answers the expired request when its executor reaches it; wait for that.
-  auto dropped = [](const char* code) {
-    return absl::StrFormat(R"(care_requests_total{code="%s",method="Classify",model="care_s0_cls"})", code);
-  };
-  std::string after;
-  double expired = 0, cancelled = 0;
-  auto delta = [&](const std::string& series) {
-    return std::max(0.0, Sample(after, series)) - std::max(0.0, Sample(before, series));
-  };
-  for (int attempt = 0; attempt < 100 && expired + cancelled < 1; ++attempt) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    after = HttpGet(server_->metrics_port(), "/metrics");
-    expired = delta(dropped("DEADLINE_EXCEEDED"));
-    cancelled = delta(dropped("CANCELLED"));
-  }
-  EXPECT_EQ(expired + cancelled, 1) << "the server never answered the expired request";
-  EXPECT_EQ(delta("care_batch_size_sum" + model), kBurst) << "the expired request was computed";
+  EXPECT_EQ(load.own_stub()->Classify(&context, request, &response).error_code(), StatusCode::DEADLINE_EXCEEDED);
+  const auto [dropped, computed] = load.Dropped({"DEADLINE_EXCEEDED", "CANCELLED"});
+  EXPECT_EQ(dropped, 1) << "the server never answered the expired request";
+  EXPECT_EQ(computed, BehindABurst::kBurst) << "the expired request was computed";
 }
 
 TEST_F(ServerTest, ARequestCancelledInTheQueueIsNeverComputed) {
-  // As above, but the client cancels its request 20 ms after sending it, while it waits
-  // behind the burst.
-  constexpr int kBurst = 48;
-  auto own_channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(server_->grpc_port()),
-                                               grpc::InsecureChannelCredentials(), grpc::ChannelArguments());
-  ASSERT_TRUE(own_channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)));
-  auto own_stub = v1::VisionService::NewStub(own_channel);
-  const std::string model = "{model=\"care_s0_cls\"}";
-  const std::string before = HttpGet(server_->metrics_port(), "/metrics");
-  std::vector<v1::Image> images;
-  for (int i = 0; i < kBurst; ++i) images.push_back(Raw64(i));
-  Burst burst(stub_.get(), kBurst, "care_s0_cls", images);
+  // The client cancels its request 20 ms after sending it, while it waits behind the burst.
+  BehindABurst load(*server_, stub_.get());
   v1::ClassifyRequest request;
   request.set_model("care_s0_cls");
   *request.mutable_image() = Raw64(99);
@@ -753,7 +752,7 @@ TEST_F(ServerTest, ARequestCancelledInTheQueueIsNeverComputed) {
   v1::ClassifyResponse response;
   absl::Notification answered;
   grpc::Status status;
-  own_stub->async()->Classify(&context, &request, &response, [&](grpc::Status s) {
+  load.own_stub()->async()->Classify(&context, &request, &response, [&](grpc::Status s) {
     status = std::move(s);
     answered.Notify();
   });
@@ -761,20 +760,9 @@ TEST_F(ServerTest, ARequestCancelledInTheQueueIsNeverComputed) {
   context.TryCancel();
   answered.WaitForNotification();
   EXPECT_EQ(status.error_code(), StatusCode::CANCELLED);
-  burst.Wait();
-  ASSERT_EQ(burst.Count(StatusCode::OK), kBurst);
-  // The server answers the cancelled request when its executor reaches it; wait for that.
-  const std::string series = R"(care_requests_total{code="CANCELLED",method="Classify",model="care_s0_cls"})";
-  std::string after;
-  double cancelled = 0;
-  for (int attempt = 0; attempt < 100 && cancelled < 1; ++attempt) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    after = HttpGet(server_->metrics_port(), "/metrics");
-    cancelled = std::max(0.0, Sample(after, series)) - std::max(0.0, Sample(before, series));
-  }
-  EXPECT_EQ(cancelled, 1) << "the server never counted the cancelled request";
-  EXPECT_EQ(Sample(after, "care_batch_size_sum" + model) - Sample(before, "care_batch_size_sum" + model), kBurst)
-      << "the cancelled request was computed";
+  const auto [dropped, computed] = load.Dropped({"CANCELLED"});
+  EXPECT_EQ(dropped, 1) << "the server never counted the cancelled request";
+  EXPECT_EQ(computed, BehindABurst::kBurst) << "the cancelled request was computed";
 }
 
 // The dense references (tests/tools/dense_reference.py, run by the test fixture).
