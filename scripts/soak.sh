@@ -24,12 +24,13 @@ build/care-bench --server="127.0.0.1:$port" --task=classify --concurrency=16 --d
 start_rss=$(rss)
 echo "soak: ${seconds}s, RSS at start ${start_rss} MiB"
 out=$(mktemp -d)
-bench classify care_s0_imagenet 16 224x224 > "$out/classify.json" &
-bench detect care_s0_retinanet_coco 2 640x480 > "$out/detect.json" &
-bench segment care_s0_fpn_ade20k 2 640x480 > "$out/segment.json" &
+loads=()
+bench classify care_s0_imagenet 16 224x224 > "$out/classify.json" & loads+=($!)
+bench detect care_s0_retinanet_coco 2 640x480 > "$out/detect.json" & loads+=($!)
+bench segment care_s0_fpn_ade20k 2 640x480 > "$out/segment.json" & loads+=($!)
 samples=()
 for _ in $(seq 1 10); do sleep $((seconds / 10)); samples+=("$(rss)"); done
-wait %2 %3 %4 2>/dev/null || wait
+for pid in "${loads[@]}"; do wait "$pid"; done
 end_rss=$(rss)
 echo "soak: RSS every $((seconds / 10)) s (MiB): ${samples[*]}"
 echo "soak: RSS at start ${start_rss} MiB, at end ${end_rss} MiB"
