@@ -16,7 +16,7 @@ PORT ?= 50051
 METRICS_PORT ?= 9091
 SERVER_FLAGS ?=
 
-.PHONY: deps build repository samples serve test test-python test-cpp test-deploy test-serve test-bench test-fuzz fuzz fuzz-build soak profile bench clean
+.PHONY: deps build repository samples serve test test-python test-cpp test-deploy test-serve test-bench test-fuzz test-asan test-tsan fuzz fuzz-build soak profile bench clean
 
 deps:
 	bash scripts/deps.sh
@@ -81,5 +81,16 @@ test-fuzz: fuzz-build
 fuzz: fuzz-build
 	bash tests/fuzz/run.sh $(FUZZ_DIR) 600
 
+# The C++ tests (and the care-server they start) built with sanitizers, each in its own
+# build directory: ASan + UBSan + LeakSanitizer for every C++ test; TSan for the batcher
+# and server tests (scripts/sanitize_test.sh; durations in docs/service.md).
+export ASAN_DIR ?= build-asan
+export TSAN_DIR ?= build-tsan
+test-asan: deps
+	bash scripts/sanitize_test.sh address
+
+test-tsan: deps
+	bash scripts/sanitize_test.sh thread
+
 clean:
-	rm -rf $(BUILD_DIR) $(FUZZ_DIR)
+	rm -rf $(BUILD_DIR) $(FUZZ_DIR) $(ASAN_DIR) $(TSAN_DIR)

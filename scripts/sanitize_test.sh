@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# make test-asan / make test-tsan: the C++ tree built with sanitizers in its own build
+# directory, and its C++ tests run there. The integration tests start the instrumented
+# care-server, care-client and care-bench, so the server is checked under real traffic.
+#   scripts/sanitize_test.sh address   ASan + UBSan + LeakSanitizer, every C++ test
+#   scripts/sanitize_test.sh thread    TSan: the batcher unit tests and the server tests
+# Every report of every process (tests, server, clients) goes to a file under
+# <build dir>/sanitizer_reports; any report fails the run, even one from a process whose
+# exit code nobody looked at. Suppressions (tests/sanitizers/) cover only uninstrumented
+# system libraries, each with its reason.
+set -euo pipefail
+kind=${1:?usage: sanitize_test.sh address|thread}
+src=$(cd "$(dirname "$0")/.." && pwd)
+supp=$src/tests/sanitizers
+case $kind in
+  address)
+    dir=${ASAN_DIR:-build-asan}; sanitizers=address,undefined; select=()
+    ;;
+  thread)
+    dir=${TSAN_DIR:-build-tsan}; sanitizers=thread
+    select=(-R '^(BatcherTest\.|BatchOptionsTest\.|export_test_repository$|server_test$)')
+    ;;
+  *) echo "sanitize_test.sh: unknown kind '$kind' (address or thread)" >&2; exit 2 ;;
+esac
+start=$(date +%s)
+cmake -S "$src" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCARE_SANITIZE=$sanitizers >/dev/null
+cmake --build "$dir" -j"${JOBS:-$(nproc)}"
+built=$(date +%s)
+reports=$(cd "$dir" && pwd)/sanitizer_reports
+rm -rf "$reports" && mkdir -p "$reports"
+export ASAN_OPTIONS="log_path=$reports/asan:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1"
+export LSAN_OPTIONS="suppressions=$supp/lsan.supp:print_suppressions=0"
+export UBSAN_OPTIONS="log_path=$reports/ubsan:print_stacktrace=1:halt_on_error=1:suppressions=$supp/ubsan.supp"
+export TSAN_OPTIONS="log_path=$reports/tsan:suppressions=$supp/tsan.supp:second_deadlock_stack=1:history_size=4"
+status=0
+(cd "$dir" && ctest --output-on-failure --timeout 1800 "${select[@]}") || status=$?
+if compgen -G "$reports/*" >/dev/null; then
+  echo "sanitize_test.sh: sanitizer reports ($kind):" >&2
+  for f in "$reports"/*; do echo "== $f" >&2; cat "$f" >&2; done
+  status=1
+fi
+echo "sanitize_test.sh: $kind: build $((built - start)) s, tests $(( $(date +%s) - built )) s, exit $status"
+exit $status
