@@ -18,19 +18,34 @@ DEFAULT_NUM_CLASSES = {"classification": 1000, "detection": 80, "segmentation": 
 __all__ = ["create_model", "list_backbones", "TASKS", "DEFAULT_NUM_CLASSES"]
 
 
-def create_model(arch: str, task: str = "classification", num_classes: Optional[int] = None) -> nn.Module:
+HEAD_OPTIONS = {"detection": ("neck_channels", "stacked_convs"),
+                "segmentation": ("neck_channels", "head_channels")}
+
+
+def create_model(arch: str, task: str = "classification", num_classes: Optional[int] = None,
+                 **head_options: int) -> nn.Module:
+    """`head_options` narrow a dense model's neck and head (defaults: the OpenMMLab configs):
+    detection `neck_channels` (256), `stacked_convs` (4); segmentation `neck_channels` (256),
+    `head_channels` (128)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     if num_classes is None:
         num_classes = DEFAULT_NUM_CLASSES[task]
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    allowed = HEAD_OPTIONS.get(task, ())
+    for key, value in head_options.items():
+        if key not in allowed:
+            raise ValueError(f"{key} is not an option of a {task} model"
+                             + (f" (options: {', '.join(allowed)})" if allowed else ""))
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
     if task == "classification":
         model = build_backbone(arch, num_classes=num_classes)
     elif task == "detection":
-        model = RetinaNet(build_backbone(arch, dense=True), num_classes)
+        model = RetinaNet(build_backbone(arch, dense=True), num_classes, **head_options)
     else:
-        model = SemanticFPN(build_backbone(arch, dense=True), num_classes)
+        model = SemanticFPN(build_backbone(arch, dense=True), num_classes, **head_options)
     model.arch = arch
     model.task = task
     return model.eval()

@@ -130,3 +130,20 @@ def infer_num_classes(state_dict: StateDict, task: str, num_anchors: int = 9) ->
     elif task == "segmentation" and "decode_head.conv_seg.weight" in state_dict:
         return int(state_dict["decode_head.conv_seg.weight"].shape[0])
     return None
+
+
+def infer_head_options(state_dict: StateDict, task: str) -> Dict[str, int]:
+    """The neck and head widths of a full dense-task checkpoint (create_model's
+    `head_options`), so that a narrower head than OpenMMLab's exports as it is. Empty for a
+    classification checkpoint or task."""
+    lateral = state_dict.get("neck.lateral_convs.0.conv.weight")
+    if task == "classification" or lateral is None:
+        return {}
+    options = {"neck_channels": int(lateral.shape[0])}
+    if task == "detection":
+        convs = {int(m.group(1)) for k in state_dict
+                 for m in [re.match(r"bbox_head\.cls_convs\.(\d+)\.", k)] if m}
+        options["stacked_convs"] = len(convs)
+    elif "decode_head.conv_seg.weight" in state_dict:
+        options["head_channels"] = int(state_dict["decode_head.conv_seg.weight"].shape[1])
+    return options

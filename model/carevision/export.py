@@ -22,7 +22,8 @@ import torch
 
 from . import DEFAULT_NUM_CLASSES, TASKS, create_model, list_backbones
 from .fold import fold_batchnorms
-from .checkpoint import CheckpointError, infer_num_classes, load_checkpoint, read_state_dict, sha256_of
+from .checkpoint import (CheckpointError, infer_head_options, infer_num_classes, load_checkpoint,
+                         read_state_dict, sha256_of)
 from .verify import RTOL, compare
 
 LABELS_DIR = os.path.join(os.path.dirname(__file__), "labels")
@@ -96,7 +97,7 @@ def verify(model, frozen, task: str, height: int, width: int, num_classes: int, 
     return report
 
 
-def build_config(args, name: str, num_classes: int, weights: dict, report: dict) -> dict:
+def build_config(args, name: str, num_classes: int, weights: dict, report: dict, head_options: dict) -> dict:
     height, width = args.input_size
     config = {
         "name": name,
@@ -115,6 +116,10 @@ def build_config(args, name: str, num_classes: int, weights: dict, report: dict)
     }
     if args.instances is not None:
         config["batching"]["instances"] = args.instances
+    if args.default:
+        config["default"] = True
+    if head_options:
+        config["head"] = head_options
     if args.task == "classification":
         config["input"].update(resize="center_crop", crop_pct=args.crop_pct, interpolation="bicubic")
     else:
@@ -130,10 +135,12 @@ def export(args) -> str:
         raise ExportError(f"--input-size {height} {width}: both must be positive multiples of 32")
     state_dict, weights = None, {"source": "random", "seed": args.seed}
     num_classes: Optional[int] = args.num_classes
+    head_options = {}
     if args.checkpoint:
         state_dict = read_state_dict(args.checkpoint)
         if num_classes is None:
             num_classes = infer_num_classes(state_dict, args.task)
+        head_options = infer_head_options(state_dict, args.task)
     if num_classes is None:
         num_classes = DEFAULT_NUM_CLASSES[args.task]
 
@@ -148,7 +155,7 @@ def export(args) -> str:
         raise ExportError(f"{len(labels)} labels for a model of {num_classes} classes")
 
     torch.manual_seed(args.seed)
-    model = create_model(args.arch, args.task, num_classes)
+    model = create_model(args.arch, args.task, num_classes, **head_options)
     if state_dict is not None:
         describe = f"{args.arch} ({args.task}, {num_classes} classes)"
         scope = load_checkpoint(model, state_dict, args.task, args.checkpoint, describe)
@@ -175,7 +182,7 @@ def export(args) -> str:
     torch.jit.load(target)  # the file itself loads
     with open(os.path.join(model_dir, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(labels) + "\n")
-    config = build_config(args, name, num_classes, weights, report)
+    config = build_config(args, name, num_classes, weights, report, head_options)
     with open(os.path.join(model_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
@@ -203,6 +210,8 @@ def parser() -> argparse.ArgumentParser:
                    help="network input, multiples of 32 (default 224 224; 512 512 for dense tasks)")
     p.add_argument("--crop-pct", type=float, default=0.875, help="classification center-crop ratio")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    p.add_argument("--default", action="store_true",
+                   help="mark the model as its task's default (requests with an empty model)")
     p.add_argument("--no-fold-batchnorm", action="store_true",
                    help="keep BatchNorms before convolutions (only to measure what folding gains)")
     p.add_argument("--max-batch-size", type=int, default=DEFAULT_BATCHING["max_batch_size"])

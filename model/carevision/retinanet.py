@@ -137,14 +137,19 @@ class RetinaHead(nn.Module):
 
 
 class RetinaNet(nn.Module):
-    """Backbone levels 1-3 (strides 8/16/32) -> 5-level FPN -> RetinaHead."""
+    """Backbone levels 1-3 (strides 8/16/32) -> 5-level FPN -> RetinaHead.
 
-    def __init__(self, backbone: nn.Module, num_classes: int = 80):
+    mmdetection's RetinaNet has `neck_channels` 256 and `stacked_convs` 4; narrower heads
+    (the Fashion-MNIST demo's) keep the same structure and key names.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int = 80, neck_channels: int = 256,
+                 stacked_convs: int = 4):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        self.neck = FPN(backbone.feature_channels, 256, num_outs=5, start_level=1)
-        self.bbox_head = RetinaHead(num_classes)
+        self.neck = FPN(backbone.feature_channels, neck_channels, num_outs=5, start_level=1)
+        self.bbox_head = RetinaHead(num_classes, neck_channels, neck_channels, stacked_convs)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features = self.neck(self.backbone.forward_features(x))

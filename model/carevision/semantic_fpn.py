@@ -47,14 +47,19 @@ class FPNHead(nn.Module):
 
 
 class SemanticFPN(nn.Module):
-    """All four backbone levels -> 4-level FPN -> FPNHead."""
+    """All four backbone levels -> 4-level FPN -> FPNHead.
 
-    def __init__(self, backbone: nn.Module, num_classes: int = 150):
+    mmsegmentation's Semantic FPN has `neck_channels` 256 and `head_channels` 128; narrower
+    ones (the Fashion-MNIST demo's) keep the same structure and key names.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int = 150, neck_channels: int = 256,
+                 head_channels: int = 128):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        self.neck = FPN(backbone.feature_channels, 256, num_outs=4)
-        self.decode_head = FPNHead(num_classes)
+        self.neck = FPN(backbone.feature_channels, neck_channels, num_outs=4)
+        self.decode_head = FPNHead(num_classes, neck_channels, head_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode_head(self.neck(self.backbone.forward_features(x)))

@@ -96,3 +96,32 @@ def test_shipped_label_files(task, count):
     labels = default_labels(task)
     assert len(labels) == count == len(set(labels))
     assert all(label.strip() == label and label for label in labels)
+
+
+@pytest.mark.parametrize("task, options, classes", [
+    ("detection", {"neck_channels": 32, "stacked_convs": 2}, 10),
+    ("segmentation", {"neck_channels": 32, "head_channels": 16}, 11)])
+def test_narrow_dense_checkpoint_exports_with_its_own_widths(tmp_path, task, options, classes):
+    torch.manual_seed(3)
+    model = carevision.create_model("care_s0", task, classes, **options)
+    # half precision, as the demo weights are committed
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
+               tmp_path / "narrow.pth")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class {i}\n" for i in range(classes)))
+    result = run_export("--arch", "care_s0", "--task", task, "--out", str(tmp_path / "repo"), "--name", "narrow",
+                        "--input-size", "64", "64", "--checkpoint", str(tmp_path / "narrow.pth"),
+                        "--labels", str(labels), "--default")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "repo" / "narrow" / "config.json").read_text())
+    assert config["head"] == options and config["default"] is True and config["num_classes"] == classes
+    assert config["weights"]["source"] == "checkpoint" and config["weights"]["scope"] == "full"
+
+
+@pytest.mark.parametrize("task, options, message", [
+    ("classification", {"neck_channels": 64}, "neck_channels is not an option of a classification model"),
+    ("detection", {"head_channels": 64}, "options: neck_channels, stacked_convs"),
+    ("segmentation", {"neck_channels": 0}, "neck_channels must be a positive integer")])
+def test_bad_head_options_are_named(task, options, message):
+    with pytest.raises(ValueError, match=message):
+        carevision.create_model("care_s0", task, **options)
