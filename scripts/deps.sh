@@ -14,6 +14,7 @@ BUILD_PKGS=(
   zlib1g-dev
   prometheus curl openssl
   clang libclang-rt-14-dev
+  dataset-fashion-mnist
 )
 
 missing=()

@@ -1,0 +1,286 @@
+"""Trains the Fashion-MNIST demo models (make train-demo) and writes their half-precision
+state_dicts into model/weights/.
+
+    /usr/bin/python3 -m carevision.demo.train [--task all|classification|detection|segmentation]
+        [--out model/weights] [--threads N] [--scale 1.0]
+
+- backbone: CARE-S0 classifier on the items at 32x32, 5 epochs: seeds the dense models'
+  backbones (build/train_demo/, not shipped).
+- classification: CARE-S0, 10 classes, 64x64 input (the 28x28 items resized as the
+  server resizes them: bicubic, crop_pct 1), 4 epochs. AdamW, cosine schedule, label
+  smoothing, flips and shifts of up to 2 item pixels.
+- detection: CARE-S0 RetinaNet (FPN and head 64 channels wide, 2 stacked convs instead of
+  256 and 4), 10 classes, 128x128 scenes (fashion.py); focal loss + L1 on box deltas with
+  mmdetection's assignment (IoU >= 0.5 positive, < 0.4 negative, every box's best anchor
+  positive). Backbone seeded from the 32x32 classifier.
+- segmentation: CARE-S0 Semantic FPN (FPN 64, head 64 channels instead of 256 and 128), 11
+  classes (background + 10), 128x128 scenes; pixel cross-entropy at full resolution.
+  Backbone seeded from the 32x32 classifier.
+Scenes are generated on the fly from the training items with a fixed seed. Batches: 128
+items, 16 scenes; dense models 2400 steps. `--task all` trains the backbone seed, then the
+three served models side by side. `--scale` multiplies every schedule (0.002: a smoke run).
+"""
+import argparse
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import box_iou, sigmoid_focal_loss
+
+from .. import create_model
+from ..checkpoint import as_backbone_seed
+from ..retinanet import grid_anchors
+from . import fashion
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+CLASSIFIER_SIZE = 64
+# The dense backbones are seeded from a classifier trained on the items at 32x32: quicker to
+# train than the served 64x64 one, so the dense models can train alongside it.
+SEED_SIZE = 32
+DETECTION_HEAD = {"neck_channels": 64, "stacked_convs": 2}
+SEGMENTATION_HEAD = {"neck_channels": 64, "head_channels": 64}
+FILES = {"classification": "care_s0_fashion.pth", "detection": "care_s0_retinanet_fashion.pth",
+         "segmentation": "care_s0_fpn_fashion.pth"}
+WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "weights")
+
+
+def normalise(rgb_uint8: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] uint8 RGB -> the network input, as the server normalises."""
+    return (rgb_uint8.float() / 255 - MEAN) / STD
+
+
+def resize_items(images: np.ndarray, size: int = CLASSIFIER_SIZE) -> torch.Tensor:
+    """28x28 items -> [N, size, size] uint8, bicubic (OpenCV's and the server's kernel)."""
+    x = torch.tensor(images, dtype=torch.float32)[:, None]
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)[:, 0]
+
+
+def half_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: (v.half() if v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+class Progress:
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.start, self.losses = name, total, time.time(), []
+
+    def step(self, i: int, loss: float, every: int = 50) -> None:
+        self.losses.append(loss)
+        if (i + 1) % every == 0 or i + 1 == self.total:
+            elapsed = time.time() - self.start
+            print(f"train {self.name}: step {i + 1}/{self.total} loss {np.mean(self.losses[-every:]):.4f} "
+                  f"({elapsed:.0f} s, {elapsed / (i + 1):.2f} s/step)", file=sys.stderr, flush=True)
+
+
+def train_classifier(epochs: float, size: int = CLASSIFIER_SIZE, batch: int = 128, lr: float = 2e-3,
+                     seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    images, labels = fashion.load("train")
+    x_all = resize_items(images, size)
+    y_all = torch.from_numpy(labels)
+    model = create_model("care_s0", "classification", 10).train()
+    steps = max(1, int(epochs * len(x_all) / batch))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    generator = torch.Generator().manual_seed(seed)
+    progress = Progress(f"classification {size}x{size}", steps)
+    order = torch.randperm(len(x_all), generator=generator)
+    cursor = 0
+    for step in range(steps):
+        if cursor + batch > len(order):
+            order, cursor = torch.randperm(len(x_all), generator=generator), 0
+        idx = order[cursor:cursor + batch]
+        cursor += batch
+        x = x_all[idx]
+        # flips and shifts of up to 2 item pixels (zero fill: the items' own background)
+        flip = torch.rand(len(idx), generator=generator) < 0.5
+        x = torch.where(flip[:, None, None], x.flip(-1), x)
+        shift = round(2 * size / 28)
+        padded = F.pad(x, (shift, shift, shift, shift))
+        dy, dx = torch.randint(0, 2 * shift + 1, (2,), generator=generator).tolist()
+        x = padded[:, dy:dy + size, dx:dx + size]
+        inputs = normalise(x[:, None].expand(-1, 3, -1, -1))
+        for group in optimiser.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
+        loss = F.cross_entropy(model(inputs), y_all[idx], label_smoothing=0.1)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        progress.step(step, loss.item())
+    return model.eval()
+
+
+def scene_batch(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, batch: int):
+    items = [fashion.make_scene(rng, images, labels) for _ in range(batch)]
+    pixels = torch.from_numpy(np.stack([s.image for s in items])).permute(0, 3, 1, 2)
+    # random horizontal flips (the boxes and masks with them)
+    for i, s in enumerate(items):
+        if rng.random() < 0.5:
+            pixels[i] = pixels[i].flip(-1)
+            s.mask = s.mask[:, ::-1].copy()
+            s.boxes = np.stack([fashion.SCENE_SIZE - s.boxes[:, 2], s.boxes[:, 1],
+                                fashion.SCENE_SIZE - s.boxes[:, 0], s.boxes[:, 3]], axis=1).reshape(-1, 4)
+    return normalise(pixels), items
+
+
+def seeded_backbone(model: torch.nn.Module, classifier_state: Dict[str, torch.Tensor]) -> None:
+    seed = {k: v.float() for k, v in as_backbone_seed(classifier_state).items()}
+    missing, unexpected = model.load_state_dict(seed, strict=False)
+    if unexpected or any(k.startswith("backbone.") for k in missing):
+        raise RuntimeError(f"classifier does not seed the backbone: {unexpected} {missing}")
+
+
+def encode_deltas(anchors: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """The inverse of retinanet.decode_deltas (means 0, stds 1)."""
+    pw, ph = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    px, py = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+    gw, gh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    gx, gy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    return torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=1)
+
+
+def retinanet_loss(model, inputs: torch.Tensor, scenes: List[fashion.Scene]) -> torch.Tensor:
+    head = model.bbox_head
+    features = model.neck(model.backbone.forward_features(inputs))
+    logits, deltas, anchors = [], [], []
+    n = inputs.shape[0]
+    for level, x in enumerate(features):
+        cls_score, bbox_pred = head.forward_level(x)
+        logits.append(cls_score.permute(0, 2, 3, 1).reshape(n, -1, head.num_classes))
+        deltas.append(bbox_pred.permute(0, 2, 3, 1).reshape(n, -1, 4))
+        anchors.append(grid_anchors(head.base_anchors[level], x.shape[2], x.shape[3], head.strides[level]))
+    logits, deltas, anchors = torch.cat(logits, 1), torch.cat(deltas, 1), torch.cat(anchors, 0)
+    cls_losses, reg_losses, positives = [], [], 0
+    for i, scene in enumerate(scenes):
+        target = torch.zeros_like(logits[i])
+        valid = torch.ones(len(anchors), dtype=torch.bool)
+        if len(scene.boxes):
+            gt = torch.from_numpy(scene.boxes)
+            iou = box_iou(gt, anchors)                       # G, A
+            best_iou, best_gt = iou.max(dim=0)
+            positive = best_iou >= 0.5
+            valid = positive | (best_iou < 0.4)
+            best_anchor = iou.argmax(dim=1)                  # every box gets its best anchor
+            positive[best_anchor] = True
+            valid[best_anchor] = True
+            best_gt[best_anchor] = torch.arange(len(gt))
+            pos = positive.nonzero()[:, 0]
+            target[pos, torch.from_numpy(scene.labels)[best_gt[pos]]] = 1.0
+            reg_losses.append(F.l1_loss(deltas[i, pos], encode_deltas(anchors[pos], gt[best_gt[pos]]),
+                                        reduction="sum"))
+            positives += len(pos)
+        cls_losses.append(sigmoid_focal_loss(logits[i][valid], target[valid], alpha=0.25, gamma=2.0,
+                                             reduction="sum"))
+    norm = max(positives, 1)
+    return (sum(cls_losses) + sum(reg_losses)) / norm
+
+
+def segmentation_loss(model, inputs: torch.Tensor, scenes: List[fashion.Scene]) -> torch.Tensor:
+    logits = F.interpolate(model(inputs), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+    target = torch.from_numpy(np.stack([s.mask for s in scenes]).astype(np.int64))
+    return F.cross_entropy(logits, target)
+
+
+def train_dense(task: str, steps: int, classifier_state, batch: int = 16, lr: float = 1e-3,
+                seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if task == "detection":
+        model, loss_fn = create_model("care_s0", task, 10, **DETECTION_HEAD), retinanet_loss
+    else:
+        model, loss_fn = create_model("care_s0", task, 11, **SEGMENTATION_HEAD), segmentation_loss
+    if classifier_state is not None:
+        seeded_backbone(model, classifier_state)
+    model.train()
+    images, labels = fashion.load("train")
+    rng = np.random.default_rng(seed + 1)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    progress = Progress(task, steps)
+    for step in range(steps):
+        for group in optimiser.param_groups:
+            group["lr"] = cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
+        inputs, scenes = scene_batch(rng, images, labels, batch)
+        loss = loss_fn(model, inputs, scenes)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimiser.step()
+        progress.step(step, loss.item(), every=25)
+    return model.eval()
+
+
+SEED_FILE = "care_s0_fashion32_backbone.pth"
+WORK_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "build", "train_demo")
+TASKS = ("backbone", "classification", "detection", "segmentation")
+
+
+def train_one(task: str, args) -> None:
+    t0 = time.time()
+    if task == "backbone":
+        model = train_classifier(args.backbone_epochs * args.scale, size=SEED_SIZE)
+        path = os.path.join(args.work, SEED_FILE)
+    elif task == "classification":
+        model = train_classifier(args.classification_epochs * args.scale)
+        path = os.path.join(args.out, FILES[task])
+    else:
+        seed_path = os.path.join(args.work, SEED_FILE)
+        if not os.path.exists(seed_path):
+            raise SystemExit(f"train {task}: {seed_path} not found: train --task backbone first")
+        steps = args.detection_steps if task == "detection" else args.segmentation_steps
+        model = train_dense(task, max(1, int(steps * args.scale)), torch.load(seed_path))
+        path = os.path.join(args.out, FILES[task])
+    torch.save(half_state_dict(model), path)
+    print(f"train {task}: wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB) in {time.time() - t0:.0f} s",
+          file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m carevision.demo.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="all", choices=("all",) + TASKS)
+    p.add_argument("--out", default=WEIGHTS_DIR, help="the three models' weights (default model/weights)")
+    p.add_argument("--work", default=WORK_DIR, help="the backbone seed (default build/train_demo)")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies every schedule")
+    p.add_argument("--backbone-epochs", type=float, default=5)
+    p.add_argument("--classification-epochs", type=float, default=4)
+    p.add_argument("--detection-steps", type=int, default=2400)
+    p.add_argument("--segmentation-steps", type=int, default=2400)
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.work, exist_ok=True)
+    started = time.time()
+    if args.task != "all":
+        torch.set_num_threads(args.threads)
+        train_one(args.task, args)
+        return 0
+    # all: the backbone seed first, then the three served models side by side in three
+    # processes of one thread each (batches of small images use one thread better than two).
+    torch.set_num_threads(args.threads)
+    train_one("backbone", args)
+    common = ["--out", args.out, "--work", args.work, "--threads", "1", "--scale", str(args.scale),
+              "--classification-epochs", str(args.classification_epochs),
+              "--detection-steps", str(args.detection_steps), "--segmentation-steps", str(args.segmentation_steps)]
+    children = [subprocess.Popen([sys.executable, "-m", "carevision.demo.train", "--task", task] + common)
+                for task in TASKS[1:]]
+    codes = [child.wait() for child in children]
+    if any(codes):
+        print(f"train-demo: a training process failed (exit codes {codes})", file=sys.stderr)
+        return 1
+    print(f"train-demo: trained in {time.time() - started:.0f} s on {args.threads} threads", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
