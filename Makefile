@@ -83,13 +83,13 @@ fuzz: fuzz-build
 
 # The C++ tests (and the care-server they start) built with sanitizers, each in its own
 # build directory: ASan + UBSan + LeakSanitizer for every C++ test; TSan for the batcher
-# and server tests (scripts/sanitize_test.sh; durations in docs/service.md).
+# tests and care-server under load (scripts/sanitize_test.sh; docs/service.md).
 export ASAN_DIR ?= build-asan
 export TSAN_DIR ?= build-tsan
 test-asan: deps
 	bash scripts/sanitize_test.sh address
 
-test-tsan: deps
+test-tsan: build
 	bash scripts/sanitize_test.sh thread
 
 clean:
