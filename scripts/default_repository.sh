@@ -3,6 +3,11 @@
 #
 #   scripts/default_repository.sh OUT [CHECKPOINT_DIR]
 #
+#   care_s0_fashion            CARE-S0 classifier, 64x64, Fashion-MNIST          <- model/weights (trained)
+#   care_s0_retinanet_fashion  CARE-S0 RetinaNet, 128x128, Fashion-MNIST scenes  <- model/weights (trained)
+#   care_s0_fpn_fashion        CARE-S0 Semantic FPN, 128x128, Fashion-MNIST scenes <- model/weights (trained)
+# The three demo models (make train-demo, docs/models.md) are their task's default: a request
+# with an empty model gets a real answer.
 #   care_s0_imagenet          CARE-S0 classifier, 224x224, ImageNet-1k labels  <- care_s0.pth
 #   care_s0_retinanet_coco    CARE-S0 RetinaNet, 512x512, COCO labels          <- care_s0_retinanet.pth
 #   care_s0_fpn_ade20k        CARE-S0 Semantic FPN, 512x512, ADE20K labels     <- care_s0_fpn.pth
@@ -19,6 +24,23 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH=$src/model
 mkdir -p "$out/.stamps"
 exporter=$(cat "$src"/model/carevision/*.py | sha256sum | cut -c1-16)
+
+# export_demo NAME WEIGHTS_FILE ARGS...: a model trained by make train-demo (committed weights in
+# model/weights, or $DEMO_WEIGHTS)
+export_demo() {
+  local name=$1 weights=${DEMO_WEIGHTS:-$src/model/weights}/$2
+  shift 2
+  local source="checkpoint $(sha256sum "$weights" | cut -d' ' -f1) exporter $exporter"
+  local stamp="$out/.stamps/$name"
+  if [ -f "$out/$name/1/model.pt" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$source" ]; then
+    echo "default repository: $name is up to date ($source)" >&2
+    return
+  fi
+  rm -rf "${out:?}/$name"
+  /usr/bin/python3 -m carevision.export --out "$out" --name "$name" --version 1 --arch care_s0 \
+    --checkpoint "$weights" --default "$@"
+  echo "$source" > "$stamp"
+}
 
 # export_one NAME CHECKPOINT_FILE ARGS...
 export_one() {
@@ -43,6 +65,13 @@ export_one() {
   echo "$source" > "$stamp"
 }
 
+labels=$src/model/carevision/labels
+export_demo care_s0_fashion care_s0_fashion.pth --task classification --input-size 64 64 --crop-pct 1.0 \
+  --labels "$labels/fashion_mnist10.txt" --max-batch-size 64
+export_demo care_s0_retinanet_fashion care_s0_retinanet_fashion.pth --task detection --input-size 128 128 \
+  --labels "$labels/fashion_mnist10.txt"
+export_demo care_s0_fpn_fashion care_s0_fpn_fashion.pth --task segmentation --input-size 128 128 \
+  --labels "$labels/fashion_mnist_segmentation11.txt"
 export_one care_s0_imagenet care_s0.pth --arch care_s0 --task classification --input-size 224 224
 # Dense models at 512x512 take ~10x a classifier's time per image: smaller batches.
 export_one care_s0_retinanet_coco care_s0_retinanet.pth --arch care_s0 --task detection --input-size 512 512 \
