@@ -16,7 +16,7 @@ PORT ?= 50051
 METRICS_PORT ?= 9091
 SERVER_FLAGS ?=
 
-.PHONY: deps build repository samples serve test test-python test-cpp test-deploy test-serve test-bench test-fuzz test-asan test-tsan fuzz fuzz-build soak profile bench clean
+.PHONY: deps build repository samples serve test test-python test-cpp test-deploy test-serve test-demo train-demo evaluate-demo test-bench test-fuzz test-asan test-tsan fuzz fuzz-build soak profile bench clean
 
 deps:
 	bash scripts/deps.sh
@@ -34,7 +34,7 @@ repository: deps
 serve: build repository
 	$(BUILD_DIR)/care-server --model_repository=$(MODEL_REPOSITORY) --port=$(PORT) --metrics_port=$(METRICS_PORT) $(SERVER_FLAGS)
 
-test: build test-python test-cpp test-deploy test-serve test-bench test-fuzz
+test: build test-python test-cpp test-deploy test-serve test-demo test-bench test-fuzz
 
 test-python:
 	$(PYTHON) -m pytest -q tests/python
@@ -49,6 +49,21 @@ test-deploy:
 
 test-serve:
 	bash scripts/serve_smoke_test.sh
+
+# The Fashion-MNIST demo models (docs/models.md): a few hundred test images and scenes through
+# a real care-server must reach 85% of the figures in model/weights/metrics.json.
+test-demo:
+	$(PYTHON) -m pytest -q tests/demo
+
+# Retrains the three demo models from scratch into model/weights/ (printing how long it took),
+# then evaluates them through care-server into model/weights/metrics.json.
+train-demo: build
+	$(PYTHON) -m carevision.demo.train
+	bash scripts/evaluate_demo.sh
+
+# Only the evaluation, of the weights in model/weights/.
+evaluate-demo: build
+	bash scripts/evaluate_demo.sh
 
 # Parameters, GMACs and eager-vs-TorchScript throughput of the model zoo (docs/models.md).
 profile: deps
