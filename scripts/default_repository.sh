@@ -25,44 +25,43 @@ export PYTHONPATH=$src/model
 mkdir -p "$out/.stamps"
 exporter=$(cat "$src"/model/carevision/*.py | sha256sum | cut -c1-16)
 
+# export_model NAME SOURCE ARGS...: exports NAME with the exporter's ARGS, unless its stamp
+# says it was exported from SOURCE by this exporter already.
+export_model() {
+  local name=$1 source="$2 exporter $exporter"
+  shift 2
+  local stamp="$out/.stamps/$name"
+  if [ -f "$out/$name/1/model.pt" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$source" ]; then
+    echo "default repository: $name is up to date ($source)" >&2
+    return
+  fi
+  rm -rf "${out:?}/$name"
+  /usr/bin/python3 -m carevision.export --out "$out" --name "$name" --version 1 "$@"
+  echo "$source" > "$stamp"
+}
+
 # export_demo NAME WEIGHTS_FILE ARGS...: a model trained by make train-demo (committed weights in
 # model/weights, or $DEMO_WEIGHTS)
 export_demo() {
   local name=$1 weights=${DEMO_WEIGHTS:-$src/model/weights}/$2
   shift 2
-  local source="checkpoint $(sha256sum "$weights" | cut -d' ' -f1) exporter $exporter"
-  local stamp="$out/.stamps/$name"
-  if [ -f "$out/$name/1/model.pt" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$source" ]; then
-    echo "default repository: $name is up to date ($source)" >&2
-    return
-  fi
-  rm -rf "${out:?}/$name"
-  /usr/bin/python3 -m carevision.export --out "$out" --name "$name" --version 1 --arch care_s0 \
+  export_model "$name" "checkpoint $(sha256sum "$weights" | cut -d' ' -f1)" --arch care_s0 \
     --checkpoint "$weights" --default "$@"
-  echo "$source" > "$stamp"
 }
 
-# export_one NAME CHECKPOINT_FILE ARGS...
+# export_one NAME CHECKPOINT_FILE ARGS...: the authors' checkpoint from CHECKPOINT_DIR if there,
+# else random weights
 export_one() {
   local name=$1 checkpoint=$2
   shift 2
-  local source="random"
-  local args=("$@")
   if [ -n "$checkpoints" ] && [ -f "$checkpoints/$checkpoint" ]; then
-    source="checkpoint $(sha256sum "$checkpoints/$checkpoint" | cut -d' ' -f1)"
-    args+=(--checkpoint "$checkpoints/$checkpoint")
+    export_model "$name" "checkpoint $(sha256sum "$checkpoints/$checkpoint" | cut -d' ' -f1)" "$@" \
+      --checkpoint "$checkpoints/$checkpoint"
+    return
   elif [ -n "$checkpoints" ]; then
     echo "default repository: $checkpoints/$checkpoint not found: $name gets random weights" >&2
   fi
-  source="$source exporter $exporter"
-  local stamp="$out/.stamps/$name"
-  if [ -f "$out/$name/1/model.pt" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$source" ]; then
-    echo "default repository: $name is up to date ($source)" >&2
-    return
-  fi
-  rm -rf "${out:?}/$name"
-  /usr/bin/python3 -m carevision.export --out "$out" --name "$name" --version 1 "${args[@]}"
-  echo "$source" > "$stamp"
+  export_model "$name" random "$@"
 }
 
 labels=$src/model/carevision/labels
