@@ -1080,6 +1080,15 @@ grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::shared_pt
   return response.status();
 }
 
+// Polls the server's care_inflight_requests for care_s0_cls until it holds `at_least`
+// requests (or 500 polls went by): what it held last.
+double WaitUntilHeld(const Server& server, double at_least) {
+  const std::string inflight = R"(care_inflight_requests{model="care_s0_cls"})";
+  double held = 0;
+  for (int i = 0; i < 500 && held < at_least; ++i) held = Sample(HttpGet(server.metrics_port(), "/metrics"), inflight);
+  return held;
+}
+
 TEST(Drain, SigtermFinishesRequestsInFlightRefusesNewOnesAndExitsZero) {
   Server server;
   server.Start({"--drain_timeout=30s"}, "drain_test");
@@ -1089,9 +1098,7 @@ TEST(Drain, SigtermFinishesRequestsInFlightRefusesNewOnesAndExitsZero) {
   for (int i = 0; i < 8; ++i) images.push_back(Raw64(i));
   // 250 requests: about a second of work here. SIGTERM once the server holds some.
   Burst burst(stub.get(), 250, "care_s0_cls", images);
-  const std::string inflight = R"(care_inflight_requests{model="care_s0_cls"})";
-  double held = 0;
-  for (int i = 0; i < 500 && held < 20; ++i) held = Sample(HttpGet(server.metrics_port(), "/metrics"), inflight);
+  const double held = WaitUntilHeld(server, 20);
   ASSERT_GE(held, 20);
   const auto sigterm = std::chrono::steady_clock::now();
   server.Signal(SIGTERM);
@@ -1140,9 +1147,7 @@ TEST(Drain, RequestsStillRunningAtTheDrainTimeoutAreCancelledAndTheServerExitsZe
     images.emplace_back().set_encoded(std::string(bytes.begin(), bytes.end()));
   }
   Burst burst(stub.get(), 256, "care_s0_cls", images);
-  const std::string inflight = R"(care_inflight_requests{model="care_s0_cls"})";
-  double held = 0;
-  for (int i = 0; i < 500 && held < 200; ++i) held = Sample(HttpGet(server.metrics_port(), "/metrics"), inflight);
+  const double held = WaitUntilHeld(server, 200);
   ASSERT_GE(held, 200);
   const auto sigterm = std::chrono::steady_clock::now();
   server.Signal(SIGTERM);
