@@ -7,18 +7,22 @@ state_dicts into model/weights/.
 - backbone: CARE-S0 classifier on the items at 32x32, 5 epochs: seeds the dense models'
   backbones (build/train_demo/, not shipped).
 - classification: CARE-S0, 10 classes, 64x64 input (the 28x28 items resized as the
-  server resizes them: bicubic, crop_pct 1), 4 epochs. AdamW, cosine schedule, label
+  server resizes them: bicubic, crop_pct 1), 4 epochs, then a warm restart of 3 epochs from
+  those weights (second cosine cycle at half the peak rate). AdamW, cosine schedule, label
   smoothing, flips and shifts of up to 2 item pixels.
 - detection: CARE-S0 RetinaNet (FPN and head 64 channels wide, 2 stacked convs instead of
   256 and 4), 10 classes, 128x128 scenes (fashion.py); focal loss + L1 on box deltas with
   mmdetection's assignment (IoU >= 0.5 positive, < 0.4 negative, every box's best anchor
-  positive). Backbone seeded from the 32x32 classifier.
+  positive). Backbone seeded from the 32x32 classifier. 2400 steps, no restart.
 - segmentation: CARE-S0 Semantic FPN (FPN 64, head 64 channels instead of 256 and 128), 11
   classes (background + 10), 128x128 scenes; pixel cross-entropy at full resolution.
-  Backbone seeded from the 32x32 classifier.
-Scenes are generated on the fly from the training items with a fixed seed. Batches: 128
-items, 16 scenes; dense models 2400 steps. `--task all` trains the backbone seed, then the
-three served models side by side. `--scale` multiplies every schedule (0.002: a smoke run).
+  Backbone seeded from the 32x32 classifier. 2400 steps, then a warm restart of 2400 steps
+  on other scenes.
+Scenes are generated on the fly from the training items with a fixed seed per cycle.
+Batches: 128 items, 16 scenes. Each served model's first cycle is kept in build/train_demo/
+(half precision, as shipped) and the restart starts from it; `--resume` reuses it after an
+interrupted run. `--task all` trains the backbone seed, then the three served models side
+by side. `--scale` multiplies every schedule (0.002: a smoke run).
 """
 import argparse
 import math
@@ -26,7 +30,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -86,12 +90,15 @@ class Progress:
 
 
 def train_classifier(epochs: float, size: int = CLASSIFIER_SIZE, batch: int = 128, lr: float = 2e-3,
-                     seed: int = 0) -> torch.nn.Module:
+                     seed: int = 0, init_state: Optional[Dict[str, torch.Tensor]] = None) -> torch.nn.Module:
     torch.manual_seed(seed)
     images, labels = fashion.load("train")
     x_all = resize_items(images, size)
     y_all = torch.from_numpy(labels)
-    model = create_model("care_s0", "classification", 10).train()
+    model = create_model("care_s0", "classification", 10)
+    if init_state is not None:
+        model.load_state_dict({k: v.float() for k, v in init_state.items()})
+    model.train()
     steps = max(1, int(epochs * len(x_all) / batch))
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     generator = torch.Generator().manual_seed(seed)
@@ -194,13 +201,15 @@ def segmentation_loss(model, inputs: torch.Tensor, scenes: List[fashion.Scene]) 
 
 
 def train_dense(task: str, steps: int, classifier_state, batch: int = 16, lr: float = 1e-3,
-                seed: int = 0) -> torch.nn.Module:
+                seed: int = 0, init_state: Optional[Dict[str, torch.Tensor]] = None) -> torch.nn.Module:
     torch.manual_seed(seed)
     if task == "detection":
         model, loss_fn = create_model("care_s0", task, 10, **DETECTION_HEAD), retinanet_loss
     else:
         model, loss_fn = create_model("care_s0", task, 11, **SEGMENTATION_HEAD), segmentation_loss
-    if classifier_state is not None:
+    if init_state is not None:
+        model.load_state_dict({k: v.float() for k, v in init_state.items()})
+    elif classifier_state is not None:
         seeded_backbone(model, classifier_state)
     model.train()
     images, labels = fashion.load("train")
@@ -225,22 +234,47 @@ WORK_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "build", "t
 TASKS = ("backbone", "classification", "detection", "segmentation")
 
 
+def phase_one_path(task: str, args) -> str:
+    return os.path.join(args.work, FILES[task].replace(".pth", ".phase1.pth"))
+
+
+def train_phase(task: str, args, restart: bool, init_state=None) -> torch.nn.Module:
+    """One cosine cycle: the first from the seed, or the warm restart from the first's weights."""
+    if task == "classification":
+        epochs = args.classification_restart_epochs if restart else args.classification_epochs
+        return train_classifier(epochs * args.scale, lr=1e-3 if restart else 2e-3, seed=int(restart),
+                                init_state=init_state)
+    seed_path = os.path.join(args.work, SEED_FILE)
+    if init_state is None and not os.path.exists(seed_path):
+        raise SystemExit(f"train {task}: {seed_path} not found: train --task backbone first")
+    if task == "detection":
+        steps = args.detection_restart_steps if restart else args.detection_steps
+    else:
+        steps = args.segmentation_restart_steps if restart else args.segmentation_steps
+    return train_dense(task, max(1, int(steps * args.scale)), None if restart else torch.load(seed_path),
+                       seed=int(restart), init_state=init_state)
+
+
 def train_one(task: str, args) -> None:
     t0 = time.time()
     if task == "backbone":
-        model = train_classifier(args.backbone_epochs * args.scale, size=SEED_SIZE)
         path = os.path.join(args.work, SEED_FILE)
-    elif task == "classification":
-        model = train_classifier(args.classification_epochs * args.scale)
-        path = os.path.join(args.out, FILES[task])
+        torch.save(half_state_dict(train_classifier(args.backbone_epochs * args.scale, size=SEED_SIZE)), path)
     else:
-        seed_path = os.path.join(args.work, SEED_FILE)
-        if not os.path.exists(seed_path):
-            raise SystemExit(f"train {task}: {seed_path} not found: train --task backbone first")
-        steps = args.detection_steps if task == "detection" else args.segmentation_steps
-        model = train_dense(task, max(1, int(steps * args.scale)), torch.load(seed_path))
+        # The first cosine cycle's weights are kept (as half precision, as they ship), and a
+        # second, shorter cycle restarts from them (SGDR-style warm restart).
+        first = phase_one_path(task, args)
+        if args.resume and os.path.exists(first):
+            print(f"train {task}: resuming from {first}", file=sys.stderr, flush=True)
+        else:
+            torch.save(half_state_dict(train_phase(task, args, restart=False)), first)
+        restart = {"classification": args.classification_restart_epochs, "detection": args.detection_restart_steps,
+                   "segmentation": args.segmentation_restart_steps}[task]
+        state = torch.load(first)
+        if restart > 0:
+            state = half_state_dict(train_phase(task, args, restart=True, init_state=state))
         path = os.path.join(args.out, FILES[task])
-    torch.save(half_state_dict(model), path)
+        torch.save(state, path)
     print(f"train {task}: wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB) in {time.time() - t0:.0f} s",
           file=sys.stderr, flush=True)
 
@@ -255,8 +289,13 @@ def main(argv=None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every schedule")
     p.add_argument("--backbone-epochs", type=float, default=5)
     p.add_argument("--classification-epochs", type=float, default=4)
+    p.add_argument("--classification-restart-epochs", type=float, default=3)
     p.add_argument("--detection-steps", type=int, default=2400)
+    p.add_argument("--detection-restart-steps", type=int, default=0)
     p.add_argument("--segmentation-steps", type=int, default=2400)
+    p.add_argument("--segmentation-restart-steps", type=int, default=2400)
+    p.add_argument("--resume", action="store_true",
+                   help="start from a first cycle already in --work (after an interrupted run)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.work, exist_ok=True)
@@ -271,7 +310,10 @@ def main(argv=None) -> int:
     train_one("backbone", args)
     common = ["--out", args.out, "--work", args.work, "--threads", "1", "--scale", str(args.scale),
               "--classification-epochs", str(args.classification_epochs),
-              "--detection-steps", str(args.detection_steps), "--segmentation-steps", str(args.segmentation_steps)]
+              "--classification-restart-epochs", str(args.classification_restart_epochs),
+              "--detection-steps", str(args.detection_steps), "--detection-restart-steps", str(args.detection_restart_steps),
+              "--segmentation-steps", str(args.segmentation_steps),
+              "--segmentation-restart-steps", str(args.segmentation_restart_steps)]
     children = [subprocess.Popen([sys.executable, "-m", "carevision.demo.train", "--task", task] + common)
                 for task in TASKS[1:]]
     codes = [child.wait() for child in children]
