@@ -71,21 +71,44 @@ cv::Size LetterboxSize(int w, int h, const InputSpec& spec) {
                   std::clamp(static_cast<int>(std::lround(h * scale)), 1, spec.height));
 }
 
+// Up to this many times the network input's area, center_crop resizes the whole image
+// and cuts (bit for bit the reference preprocessing); beyond, it computes only the cut.
+// 16: every aspect ratio up to about 12:1 at crop_pct 0.875.
+constexpr int64_t kMaxCoverArea = 16;
+
 // `rgb` shows the w x h source image, possibly decoded at a reduced size.
 ResizedImage CenterCrop(const cv::Mat& rgb, const InputSpec& spec, int w, int h) {
   const cv::Size size = CoverSize(w, h, spec);
   const int new_w = size.width, new_h = size.height;
-  cv::Mat resized;
-  if (new_w == rgb.cols && new_h == rgb.rows) {
-    resized = rgb;
-  } else {
-    cv::resize(rgb, resized, cv::Size(new_w, new_h), 0, 0, spec.interpolation);
-  }
   // torchvision's CenterCrop: int(round((size - crop) / 2.0)), Python rounding (half to even).
   const int top = static_cast<int>(std::nearbyint((new_h - spec.height) / 2.0));
   const int left = static_cast<int>(std::nearbyint((new_w - spec.width) / 2.0));
   ResizedImage out;
-  out.pixels = resized(cv::Rect(left, top, spec.width, spec.height));
+  if (new_w == rgb.cols && new_h == rgb.rows) {
+    out.pixels = rgb(cv::Rect(left, top, spec.width, spec.height));
+  } else if (static_cast<int64_t>(new_w) * new_h <= kMaxCoverArea * spec.width * spec.height) {
+    cv::Mat resized;
+    cv::resize(rgb, resized, cv::Size(new_w, new_h), 0, 0, spec.interpolation);
+    out.pixels = resized(cv::Rect(left, top, spec.width, spec.height));
+  } else {
+    // A very elongated image (a 917-byte 64811x1 JPEG would cover 16.6M x 256 pixels, 12
+    // GB, at 224x224): the cut alone is computed, with the resize's own sampling
+    // positions (pixel centres: (x + 0.5) * source/resized - 0.5, edges replicated).
+    // warpAffine samples at 1/32 pixel and interpolates in fixed point, so pixels can
+    // differ from the full resize's by a few levels; area becomes bilinear.
+    const double sx = static_cast<double>(rgb.cols) / new_w, sy = static_cast<double>(rgb.rows) / new_h;
+    const double x0 = (left + 0.5) * sx - 0.5, y0 = (top + 0.5) * sy - 0.5;
+    // The source pixels the cut samples, with the cubic kernel's reach and one more: so
+    // that only true image edges are replicated (and warpAffine takes < 32767 pixels).
+    const int x_begin = std::max(0, static_cast<int>(std::floor(x0)) - 3);
+    const int x_end = std::min(rgb.cols, static_cast<int>(std::ceil(x0 + spec.width * sx)) + 4);
+    const int y_begin = std::max(0, static_cast<int>(std::floor(y0)) - 3);
+    const int y_end = std::min(rgb.rows, static_cast<int>(std::ceil(y0 + spec.height * sy)) + 4);
+    const cv::Matx23d map(sx, 0, x0 - x_begin, 0, sy, y0 - y_begin);
+    const int interpolation = spec.interpolation == cv::INTER_AREA ? cv::INTER_LINEAR : spec.interpolation;
+    cv::warpAffine(rgb(cv::Range(y_begin, y_end), cv::Range(x_begin, x_end)), out.pixels, map,
+                   cv::Size(spec.width, spec.height), interpolation | cv::WARP_INVERSE_MAP, cv::BORDER_REPLICATE);
+  }
   out.width = spec.width;
   out.height = spec.height;
   out.source_width = w;

@@ -127,6 +127,9 @@ def main(out):
     case("1x1.png", encode(".png", photo(1, 1)), "OK", "")
     case("1x300.png", encode(".png", photo(1, 300)), "OK", "")
     case("300x1.jpg", encode(".jpg", photo(300, 1)), "OK", "")
+    # 64811x1: center_crop would cover 16.6M x 256 pixels (12 GB) at 224x224; found by the
+    # decode fuzzer as a 917-byte JPEG. Only the cut is computed (server/preprocess/resize.cc).
+    case("64811x1.jpg", encode(".jpg", photo(64811, 1)), "OK", "")
     case("16bit.png", cv2.imencode(".png", (photo(48, 32)[:, :, ::-1].astype(np.uint16) * 257))[1].tobytes(), "OK", "")
     rgba = np.dstack([photo(48, 32), np.full((32, 48), 128, np.uint8)])
     case("rgba.png", cv2.imencode(".png", rgba[:, :, [2, 1, 0, 3]])[1].tobytes(), "OK", "")

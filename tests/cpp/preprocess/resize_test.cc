@@ -116,6 +116,67 @@ TEST(Letterbox, ScaleMapsNetworkPixelsBackToTheImage) {
   EXPECT_EQ(r.source_height, 300);
 }
 
+// A smooth, non-constant RGB test picture.
+cv::Mat Waves(int w, int h) {
+  cv::Mat rgb(h, w, CV_8UC3);
+  for (int y = 0; y < h; ++y) {
+    for (int x = 0; x < w; ++x) {
+      rgb.at<cv::Vec3b>(y, x) = cv::Vec3b(cv::saturate_cast<uint8_t>(128 + 100 * std::sin(x * 0.05 + y * 0.02)),
+                                          cv::saturate_cast<uint8_t>(128 + 100 * std::cos(x * 0.03 - y * 0.07)),
+                                          cv::saturate_cast<uint8_t>((x * 7 + y * 3) % 256 / 2 + 64));
+    }
+  }
+  return rgb;
+}
+
+cv::Mat FullResizeAndCut(const cv::Mat& rgb, const InputSpec& spec) {
+  const cv::Size size = ResizedSize(rgb.cols, rgb.rows, spec);
+  cv::Mat resized;
+  cv::resize(rgb, resized, size, 0, 0, spec.interpolation);
+  const int top = static_cast<int>(std::nearbyint((size.height - spec.height) / 2.0));
+  const int left = static_cast<int>(std::nearbyint((size.width - spec.width) / 2.0));
+  return resized(cv::Rect(left, top, spec.width, spec.height)).clone();
+}
+
+TEST(CenterCrop, UpToTwelveToOneIsTheFullResizeBitForBit) {
+  InputSpec spec;
+  spec.height = spec.width = 64;  // covers 73x73
+  const cv::Mat rgb = Waves(1200, 100);  // 12:1 -> 876x73, under 16x the input's area
+  const ResizedImage r = ResizeForInput(rgb, spec);
+  EXPECT_EQ(cv::norm(r.pixels, FullResizeAndCut(rgb, spec), cv::NORM_INF), 0);
+}
+
+TEST(CenterCrop, ElongatedImagesComputeOnlyTheCutWithinTheResizesTolerance) {
+  InputSpec spec;
+  spec.height = spec.width = 64;
+  for (const cv::Size size : {cv::Size(1400, 100), cv::Size(90, 2000), cv::Size(3000, 37)}) {
+    const cv::Mat rgb = Waves(size.width, size.height);
+    const ResizedImage r = ResizeForInput(rgb, spec);
+    ASSERT_EQ(r.pixels.size(), cv::Size(64, 64));
+    const cv::Mat full = FullResizeAndCut(rgb, spec);
+    cv::Mat diff;
+    cv::absdiff(r.pixels, full, diff);
+    EXPECT_LE(cv::norm(diff, cv::NORM_INF), 3) << size;
+    EXPECT_LE(cv::mean(diff)[0], 0.5) << size;
+    EXPECT_DOUBLE_EQ(r.scale_x, static_cast<double>(ResizedSize(size.width, size.height, spec).width) / size.width);
+  }
+}
+
+TEST(CenterCrop, AOnePixelHighPanoramaDoesNotBlowUp) {
+  // The fuzzer's 917-byte JPEG decodes to 64811x1; at 224x224 the full resize would be
+  // 16.6M x 256 pixels (12 GB).
+  cv::Mat rgb(1, 64811, CV_8UC3);
+  for (int x = 0; x < rgb.cols; ++x) rgb.at<cv::Vec3b>(0, x) = cv::Vec3b(x % 251, (x / 7) % 256, 200);
+  InputSpec spec;
+  const ResizedImage r = ResizeForInput(rgb, spec);
+  ASSERT_EQ(r.pixels.size(), cv::Size(224, 224));
+  for (int y = 1; y < 224; ++y) EXPECT_EQ(cv::norm(r.pixels.row(y), r.pixels.row(0), cv::NORM_INF), 0);
+  // Centre of the cut: source x = 64811 / 2 - 0.5, between pixels 32404 and 32405.
+  const cv::Vec3b centre = r.pixels.at<cv::Vec3b>(0, 112);
+  EXPECT_NEAR(centre[2], 200, 1);
+  EXPECT_NEAR(centre[1], (32404 / 7) % 256, 2);
+}
+
 TEST(InputSpec, ValidateNamesTheField) {
   InputSpec spec;
   spec.crop_pct = 1.5;
