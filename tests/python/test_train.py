@@ -10,20 +10,25 @@ import torch
 
 from carevision import create_model
 from carevision.checkpoint import infer_head_options
-from carevision.demo.train import FILES, SEED_FILE
+from carevision.demo.train import FILES, SEED_FILE, phase_one_path
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def train(task, out, work, *more):
+    """python3 -m carevision.demo.train at 0.03% of every schedule; its log."""
+    run = subprocess.run([sys.executable, "-m", "carevision.demo.train", "--task", task, "--scale", "0.0003",
+                          "--out", str(out), "--work", str(work), "--threads", "1", *more],
+                         env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model")),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stderr
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out, work = tmp_path_factory.mktemp("weights"), tmp_path_factory.mktemp("work")
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model"))
-    run = subprocess.run([sys.executable, "-m", "carevision.demo.train", "--task", "all", "--scale", "0.0003",
-                          "--out", str(out), "--work", str(work), "--threads", "1"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return out, work, run.stderr
+    return out, work, train("all", out, work)
 
 
 def test_train_demo_writes_all_three_models(trained):
@@ -34,7 +39,7 @@ def test_train_demo_writes_all_three_models(trained):
         state = torch.load(os.path.join(out, file))
         assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point()), task
         # the restart cycle ran where the schedule has one, from the kept first cycle
-        first = torch.load(os.path.join(work, file.replace(".pth", ".phase1.pth")))
+        first = torch.load(phase_one_path(work, task))
         assert first.keys() == state.keys()
         changed = any(not torch.equal(first[k], state[k]) for k in state if state[k].is_floating_point())
         assert changed == (task != "detection"), task
@@ -45,11 +50,7 @@ def test_train_demo_writes_all_three_models(trained):
 
 def test_resume_restarts_from_the_kept_first_cycle(trained, tmp_path):
     _, work, _ = trained
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model"))
-    run = subprocess.run([sys.executable, "-m", "carevision.demo.train", "--task", "segmentation", "--resume",
-                          "--scale", "0.0003", "--out", str(tmp_path), "--work", str(work), "--threads", "1"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "resuming from" in run.stderr
+    log = train("segmentation", tmp_path, work, "--resume")
+    assert "resuming from" in log
     # one cycle ran (the restart), not two
-    assert run.stderr.count("train segmentation: step 1/1") == 1
+    assert log.count("train segmentation: step 1/1") == 1

@@ -67,6 +67,11 @@ def resize_items(images: np.ndarray, size: int = CLASSIFIER_SIZE) -> torch.Tenso
     return x.round().clamp(0, 255).to(torch.uint8)[:, 0]
 
 
+def float_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """A (half-precision) checkpoint's tensors as float32, to load for training."""
+    return {k: v.float() for k, v in state.items()}
+
+
 def half_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: (v.half() if v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
 
@@ -97,7 +102,7 @@ def train_classifier(epochs: float, size: int = CLASSIFIER_SIZE, batch: int = 12
     y_all = torch.from_numpy(labels)
     model = create_model("care_s0", "classification", 10)
     if init_state is not None:
-        model.load_state_dict({k: v.float() for k, v in init_state.items()})
+        model.load_state_dict(float_state(init_state))
     model.train()
     steps = max(1, int(epochs * len(x_all) / batch))
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
@@ -143,7 +148,7 @@ def scene_batch(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray
 
 
 def seeded_backbone(model: torch.nn.Module, classifier_state: Dict[str, torch.Tensor]) -> None:
-    seed = {k: v.float() for k, v in as_backbone_seed(classifier_state).items()}
+    seed = float_state(as_backbone_seed(classifier_state))
     missing, unexpected = model.load_state_dict(seed, strict=False)
     if unexpected or any(k.startswith("backbone.") for k in missing):
         raise RuntimeError(f"classifier does not seed the backbone: {unexpected} {missing}")
@@ -208,7 +213,7 @@ def train_dense(task: str, steps: int, classifier_state, batch: int = 16, lr: fl
     else:
         model, loss_fn = create_model("care_s0", task, 11, **SEGMENTATION_HEAD), segmentation_loss
     if init_state is not None:
-        model.load_state_dict({k: v.float() for k, v in init_state.items()})
+        model.load_state_dict(float_state(init_state))
     elif classifier_state is not None:
         seeded_backbone(model, classifier_state)
     model.train()
@@ -234,24 +239,32 @@ WORK_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "build", "t
 TASKS = ("backbone", "classification", "detection", "segmentation")
 
 
-def phase_one_path(task: str, args) -> str:
-    return os.path.join(args.work, FILES[task].replace(".pth", ".phase1.pth"))
+# Every stage's schedule (command-line option, default): epochs of items or steps of scenes;
+# "restart": the warm restart's cycle after the first (0: none).
+SCHEDULES = {"backbone_epochs": 5.0, "classification_epochs": 4.0, "classification_restart_epochs": 3.0,
+             "detection_steps": 2400, "detection_restart_steps": 0,
+             "segmentation_steps": 2400, "segmentation_restart_steps": 2400}
+
+
+def schedule(task: str, args, restart: bool) -> float:
+    unit = "epochs" if task in ("backbone", "classification") else "steps"
+    return getattr(args, f"{task}_{'restart_' if restart else ''}{unit}")
+
+
+def phase_one_path(work: str, task: str) -> str:
+    """Where a served model's first cycle is kept."""
+    return os.path.join(work, FILES[task].replace(".pth", ".phase1.pth"))
 
 
 def train_phase(task: str, args, restart: bool, init_state=None) -> torch.nn.Module:
     """One cosine cycle: the first from the seed, or the warm restart from the first's weights."""
+    length = schedule(task, args, restart) * args.scale
     if task == "classification":
-        epochs = args.classification_restart_epochs if restart else args.classification_epochs
-        return train_classifier(epochs * args.scale, lr=1e-3 if restart else 2e-3, seed=int(restart),
-                                init_state=init_state)
+        return train_classifier(length, lr=1e-3 if restart else 2e-3, seed=int(restart), init_state=init_state)
     seed_path = os.path.join(args.work, SEED_FILE)
     if init_state is None and not os.path.exists(seed_path):
         raise SystemExit(f"train {task}: {seed_path} not found: train --task backbone first")
-    if task == "detection":
-        steps = args.detection_restart_steps if restart else args.detection_steps
-    else:
-        steps = args.segmentation_restart_steps if restart else args.segmentation_steps
-    return train_dense(task, max(1, int(steps * args.scale)), None if restart else torch.load(seed_path),
+    return train_dense(task, max(1, int(length)), None if restart else torch.load(seed_path),
                        seed=int(restart), init_state=init_state)
 
 
@@ -259,19 +272,17 @@ def train_one(task: str, args) -> None:
     t0 = time.time()
     if task == "backbone":
         path = os.path.join(args.work, SEED_FILE)
-        torch.save(half_state_dict(train_classifier(args.backbone_epochs * args.scale, size=SEED_SIZE)), path)
+        torch.save(half_state_dict(train_classifier(schedule(task, args, False) * args.scale, size=SEED_SIZE)), path)
     else:
         # The first cosine cycle's weights are kept (as half precision, as they ship), and a
         # second, shorter cycle restarts from them (SGDR-style warm restart).
-        first = phase_one_path(task, args)
+        first = phase_one_path(args.work, task)
         if args.resume and os.path.exists(first):
             print(f"train {task}: resuming from {first}", file=sys.stderr, flush=True)
         else:
             torch.save(half_state_dict(train_phase(task, args, restart=False)), first)
-        restart = {"classification": args.classification_restart_epochs, "detection": args.detection_restart_steps,
-                   "segmentation": args.segmentation_restart_steps}[task]
         state = torch.load(first)
-        if restart > 0:
+        if schedule(task, args, True) > 0:
             state = half_state_dict(train_phase(task, args, restart=True, init_state=state))
         path = os.path.join(args.out, FILES[task])
         torch.save(state, path)
@@ -284,16 +295,11 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="all", choices=("all",) + TASKS)
     p.add_argument("--out", default=WEIGHTS_DIR, help="the three models' weights (default model/weights)")
-    p.add_argument("--work", default=WORK_DIR, help="the backbone seed (default build/train_demo)")
+    p.add_argument("--work", default=WORK_DIR, help="the backbone seed and the first cycles (default build/train_demo)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every schedule")
-    p.add_argument("--backbone-epochs", type=float, default=5)
-    p.add_argument("--classification-epochs", type=float, default=4)
-    p.add_argument("--classification-restart-epochs", type=float, default=3)
-    p.add_argument("--detection-steps", type=int, default=2400)
-    p.add_argument("--detection-restart-steps", type=int, default=0)
-    p.add_argument("--segmentation-steps", type=int, default=2400)
-    p.add_argument("--segmentation-restart-steps", type=int, default=2400)
+    for key, default in SCHEDULES.items():
+        p.add_argument("--" + key.replace("_", "-"), type=type(default), default=default)
     p.add_argument("--resume", action="store_true",
                    help="start from a first cycle already in --work (after an interrupted run)")
     args = p.parse_args(argv)
@@ -308,12 +314,9 @@ def main(argv=None) -> int:
     # processes of one thread each (batches of small images use one thread better than two).
     torch.set_num_threads(args.threads)
     train_one("backbone", args)
-    common = ["--out", args.out, "--work", args.work, "--threads", "1", "--scale", str(args.scale),
-              "--classification-epochs", str(args.classification_epochs),
-              "--classification-restart-epochs", str(args.classification_restart_epochs),
-              "--detection-steps", str(args.detection_steps), "--detection-restart-steps", str(args.detection_restart_steps),
-              "--segmentation-steps", str(args.segmentation_steps),
-              "--segmentation-restart-steps", str(args.segmentation_restart_steps)]
+    common = ["--out", args.out, "--work", args.work, "--threads", "1", "--scale", str(args.scale)]
+    common += [arg for key in SCHEDULES for arg in ("--" + key.replace("_", "-"), str(getattr(args, key)))]
+    common += ["--resume"] if args.resume else []
     children = [subprocess.Popen([sys.executable, "-m", "carevision.demo.train", "--task", task] + common)
                 for task in TASKS[1:]]
     codes = [child.wait() for child in children]
