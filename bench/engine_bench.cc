@@ -35,8 +35,6 @@ ABSL_FLAG(int, instances, 1,
 ABSL_FLAG(bool, keep_freed_memory, true,
           "As care-server: malloc keeps freed activations for the next batch (false: glibc's defaults).");
 ABSL_FLAG(bool, optimize_for_inference, true, "As care-server's flag of the same name.");
-ABSL_FLAG(double, gap_ms, 0,
-          "Idle time between an executor's batches (as between a lone client's requests); not in the latency.");
 ABSL_FLAG(bool, json, false, "One JSON object per batch size, one per line.");
 
 namespace {
@@ -96,7 +94,6 @@ int main(int argc, char** argv) {
       if (ready.fetch_add(1) + 1 == instances) start = std::chrono::steady_clock::now();
       while (ready.load() < instances) std::this_thread::yield();
       const auto begin = std::chrono::steady_clock::now();
-      const auto gap = std::chrono::duration<double, std::milli>(absl::GetFlag(FLAGS_gap_ms));
       while (per[i].size() < 3 ||
              std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() < absl::GetFlag(FLAGS_seconds)) {
         const auto t = std::chrono::steady_clock::now();
@@ -106,7 +103,6 @@ int main(int argc, char** argv) {
           return;
         }
         per[i].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
-        if (gap.count() > 0) std::this_thread::sleep_for(gap);
       }
     };
     std::vector<std::thread> pool;

@@ -122,15 +122,16 @@ class Server:
             time.sleep(0.2)
         raise RuntimeError("care-server did not start")
 
+    def metrics(self):
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read().decode()
+
     def rss_bytes(self):
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read().decode()
-        return float(re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M).group(1))
+        return float(re.search(r"^process_resident_memory_bytes (\S+)$", self.metrics(), re.M).group(1))
 
     def stage_sums(self, model):
         """care_*_duration_seconds sums and counts of `model` (the request one: all methods)."""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read().decode()
         sums = {}
-        for m in re.finditer(r"^care_(\w+)_duration_seconds_(sum|count)\{([^}]*)\} (\S+)$", text, re.M):
+        for m in re.finditer(r"^care_(\w+)_duration_seconds_(sum|count)\{([^}]*)\} (\S+)$", self.metrics(), re.M):
             if f'model="{model}"' in m.group(3):
                 key = (m.group(1), m.group(2))
                 sums[key] = sums.get(key, 0.0) + float(m.group(4))
@@ -179,17 +180,19 @@ def paired_c1(settings, server, engine_flags):
         for stage in STAGES:
             n = after.get((stage, "count"), 0) - before.get((stage, "count"), 0)
             stages[stage] = 1000 * (after.get((stage, "sum"), 0) - before.get((stage, "sum"), 0)) / n if n else 0.0
-        pairs.append({"engine_ms": e["batch_ms"]["p50"], "server_ms": c["latency_ms"]["p50"], "stages": stages,
-                      "command": c["command"]})
-    ordered = sorted(pairs, key=lambda p: p["server_ms"] - p["engine_ms"])
-    return {"pairs": pairs, "median": ordered[len(ordered) // 2],
-            "difference_ms": ordered[len(ordered) // 2]["server_ms"] - ordered[len(ordered) // 2]["engine_ms"]}
+        pairs.append({"engine_ms": e["batch_ms"]["p50"], "server_ms": c["latency_ms"]["p50"], "stages": stages})
+    return pairs
 
 
-def table_pairs(result):
+def median_pair(pairs):
+    """The pair of median difference (server - engine)."""
+    return sorted(pairs, key=lambda p: p["server_ms"] - p["engine_ms"])[len(pairs) // 2]
+
+
+def table_pairs(pairs):
     lines = ["| pair | engine batch 1 p50 (ms) | server c=1 p50 (ms) | difference | server: preprocess | queue | "
              "inference | postprocess | whole request (mean ms) |", "|---|---|---|---|---|---|---|---|---|"]
-    for i, p in enumerate(result["pairs"], 1):
+    for i, p in enumerate(pairs, 1):
         st = p["stages"]
         lines.append(f"| {i} | {p['engine_ms']:.2f} | {p['server_ms']:.2f} | {p['server_ms'] - p['engine_ms']:+.2f} | "
                      + " | ".join(f"{st[k]:.2f}" for k in STAGES) + " |")
@@ -284,13 +287,11 @@ def targets(engine, stock_rows, classify_rows, baseline_rows, c1_pairs, c1_pairs
     stock = max(r["throughput_ips"] for r in stock_rows)
     saturated = max(r["throughput_rps"] for r in classify_rows)
 
-    def p50(rows, key, value, field):
-        return [r for r in rows if r[key] == value][0][field]["p50"]
-
-    def paired(result):
-        m = result["median"]
-        return (f"{m['server_ms']:.1f} ms vs {m['engine_ms']:.1f} ms: +{result['difference_ms']:.2f} ms "
-                f"(median of {len(result['pairs'])} back-to-back pairs)", result["difference_ms"] <= 2)
+    def paired(pairs):
+        m = median_pair(pairs)
+        difference = m["server_ms"] - m["engine_ms"]
+        return (f"{m['server_ms']:.1f} ms vs {m['engine_ms']:.1f} ms: {difference:+.2f} ms "
+                f"(median of {len(pairs)} back-to-back pairs)", difference <= 2)
 
     at = {r["concurrency"]: r["throughput_rps"] for r in classify_rows}
     base = {r["concurrency"]: r["throughput_rps"] for r in baseline_rows}
