@@ -64,6 +64,18 @@ bool AwaitUntil(Mutex* mu, const Condition& condition, Time deadline) {
   return true;
 }
 
+// Runs `wait`, which unlocks `mu` and locks it again before returning (a CondVar wait):
+// releases before, acquires after.
+template <typename Wait>
+auto WhileUnlocked(Mutex* mu, Wait wait) {
+  __tsan_release(mu);
+  struct Reacquire {
+    Mutex* mu;
+    ~Reacquire() { __tsan_acquire(mu); }
+  } reacquire{mu};
+  return wait();
+}
+
 }  // namespace
 
 CARE_WRAP(void, _ZN4absl7debian35Mutex4LockEv, (Mutex * mu)) { Lock(mu); }
@@ -110,23 +122,17 @@ CARE_WRAP(bool, _ZN4absl7debian35Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS
 
 // CondVar waits unlock the mutex and lock it again before returning.
 CARE_WRAP(void, _ZN4absl7debian37CondVar4WaitEPNS0_5MutexE, (CondVar * cv, Mutex* mu)) {
-  __tsan_release(mu);
-  __real__ZN4absl7debian37CondVar4WaitEPNS0_5MutexE(cv, mu);
-  __tsan_acquire(mu);
+  WhileUnlocked(mu, [&] { __real__ZN4absl7debian37CondVar4WaitEPNS0_5MutexE(cv, mu); });
 }
 CARE_WRAP(bool, _ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE,
           (CondVar * cv, Mutex* mu, Duration timeout)) {
-  __tsan_release(mu);
-  const bool timed_out = __real__ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE(cv, mu, timeout);
-  __tsan_acquire(mu);
-  return timed_out;
+  return WhileUnlocked(
+      mu, [&] { return __real__ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE(cv, mu, timeout); });
 }
 CARE_WRAP(bool, _ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE,
           (CondVar * cv, Mutex* mu, Time deadline)) {
-  __tsan_release(mu);
-  const bool timed_out = __real__ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE(cv, mu, deadline);
-  __tsan_acquire(mu);
-  return timed_out;
+  return WhileUnlocked(
+      mu, [&] { return __real__ZN4absl7debian37CondVar16WaitWithDeadlineEPNS0_5MutexENS0_4TimeE(cv, mu, deadline); });
 }
 
 CARE_WRAP(void, _ZN4absl7debian312Notification6NotifyEv, (Notification * n)) {
