@@ -50,7 +50,9 @@ def test_train_demo_writes_all_three_models(trained):
 
 def test_resume_restarts_from_the_kept_first_cycle(trained, tmp_path):
     _, work, _ = trained
-    log = train("segmentation", tmp_path, work, "--resume")
-    assert "resuming from" in log
-    # one cycle ran (the restart), not two
+    log = train("all", tmp_path, work, "--resume")  # forwarded to the three processes
+    for task in FILES:
+        assert f"train {task}: resuming from" in log, task
+    # one cycle ran (the restart), not two; detection has no restart
     assert log.count("train segmentation: step 1/1") == 1
+    assert log.count("train detection: step 1/1") == 0
