@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "server/common/memory.h"
+#include "server/common/openmp_env.h"
 #include "server/engine/torch_model.h"
 #include "server/repository/model_config.h"
 
@@ -49,6 +50,7 @@ double Percentile(std::vector<double> v, double p) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  careserve::SetOpenMpSpinCount(argv);  // as care-server
   absl::SetProgramUsageMessage("care-engine-bench --model_dir=DIR [--batch_sizes=1,4,8,16,32]");
   absl::ParseCommandLine(argc, argv);
   const std::string dir = absl::GetFlag(FLAGS_model_dir);
@@ -62,7 +64,7 @@ int main(int argc, char** argv) {
   const int instances = std::max(1, absl::GetFlag(FLAGS_instances));
   const int per_instance = std::max(1, threads / instances);
   if (absl::GetFlag(FLAGS_keep_freed_memory)) careserve::KeepFreedMemory();
-  careserve::ConfigureTorch(per_instance, instances, 1);
+  careserve::ConfigureTorch(per_instance, instances, 1, per_instance);
   careserve::EngineOptions options;
   options.optimize = absl::GetFlag(FLAGS_optimize_for_inference);
   const std::string path = absl::StrCat(dir, "/", absl::GetFlag(FLAGS_version), "/model.pt");

@@ -48,7 +48,7 @@ class Settings:
         self.smoke = smoke
         self.batches = [1, 4] if smoke else [1, 4, 8, 16, 32]
         self.engine_seconds = 0.5 if smoke else 3
-        self.concurrency = [1, 4] if smoke else [1, 4, 16, 64]
+        self.concurrency = [1, 4] if smoke else [1, 2, 4, 16, 64]
         self.duration = 0.5 if smoke else 6
         self.warmup = 0.3 if smoke else 2
         # This machine is a VM on a shared host: single runs vary by 10-20%. Every point is
@@ -90,16 +90,19 @@ CORES = os.cpu_count()
 # care-engine-bench's --intra_op_threads is the total, shared by its --instances.
 ENGINE_LAYOUTS = [
     ("runners", [f"--instances={CORES}", f"--intra_op_threads={CORES}"], None),  # care-server's default
-    ("one_runner", ["--instances=1", f"--intra_op_threads={CORES}"], None),      # --engine_runners=1
-    ("one_thread", ["--instances=1", "--intra_op_threads=1"], [1]),               # what c=1 gets by default
+    # --engine_runners=1, and what a lone batch gets with the defaults (--lone_batch_threads)
+    ("one_runner", ["--instances=1", f"--intra_op_threads={CORES}"], None),
 ]
 STOCK_FLAGS = ["--instances=1", f"--intra_op_threads={CORES}", "--keep_freed_memory=false"]
+# libgomp's own spin count (care-engine-bench, like care-server, sets 2000 unless the
+# environment says otherwise).
+STOCK_ENV = {"GOMP_SPINCOUNT": "300000"}
 
 
-def engine(settings, model_dir, flags, batches=None):
+def engine(settings, model_dir, flags, batches=None, env=None):
     out = run([os.path.join(BUILD, "care-engine-bench"), f"--model_dir={model_dir}",
                f"--batch_sizes={','.join(map(str, batches or settings.batches))}",
-               f"--seconds={settings.engine_seconds}", "--json"] + flags)
+               f"--seconds={settings.engine_seconds}", "--json"] + flags, env=dict(os.environ, **(env or {})))
     return json_lines(out)
 
 
@@ -129,12 +132,17 @@ class Server:
         return float(re.search(r"^process_resident_memory_bytes (\S+)$", self.metrics(), re.M).group(1))
 
     def stage_sums(self, model):
-        """care_*_duration_seconds sums and counts of `model` (the request one: all methods)."""
+        """care_*_duration_seconds sums and counts of `model` (the request one: all methods), and its
+        care_batches_total by intra-op threads as ("batches", threads)."""
         sums = {}
-        for m in re.finditer(r"^care_(\w+)_duration_seconds_(sum|count)\{([^}]*)\} (\S+)$", self.metrics(), re.M):
+        text = self.metrics()
+        for m in re.finditer(r"^care_(\w+)_duration_seconds_(sum|count)\{([^}]*)\} (\S+)$", text, re.M):
             if f'model="{model}"' in m.group(3):
                 key = (m.group(1), m.group(2))
                 sums[key] = sums.get(key, 0.0) + float(m.group(4))
+        for m in re.finditer(r'^care_batches_total\{model="([^"]*)",threads="(\d+)"\} (\S+)$', text, re.M):
+            if m.group(1) == model:
+                sums[("batches", int(m.group(2)))] = float(m.group(3))
         return sums
 
     def blas(self):
@@ -180,6 +188,8 @@ def paired_c1(settings, server, engine_flags):
         for stage in STAGES:
             n = after.get((stage, "count"), 0) - before.get((stage, "count"), 0)
             stages[stage] = 1000 * (after.get((stage, "sum"), 0) - before.get((stage, "sum"), 0)) / n if n else 0.0
+        batches = {k[1]: after[k] - before.get(k, 0.0) for k in after if k[0] == "batches"}
+        stages["lone"] = 100 * batches.get(CORES, 0.0) / max(1.0, sum(batches.values()))
         pairs.append({"engine_ms": e["batch_ms"]["p50"], "server_ms": c["latency_ms"]["p50"], "stages": stages})
     return pairs
 
@@ -191,11 +201,12 @@ def median_pair(pairs):
 
 def table_pairs(pairs):
     lines = ["| pair | engine batch 1 p50 (ms) | server c=1 p50 (ms) | difference | server: preprocess | queue | "
-             "inference | postprocess | whole request (mean ms) |", "|---|---|---|---|---|---|---|---|---|"]
+             f"inference | postprocess | whole request (mean ms) | batches on {CORES} threads |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for i, p in enumerate(pairs, 1):
         st = p["stages"]
         lines.append(f"| {i} | {p['engine_ms']:.2f} | {p['server_ms']:.2f} | {p['server_ms'] - p['engine_ms']:+.2f} | "
-                     + " | ".join(f"{st[k]:.2f}" for k in STAGES) + " |")
+                     + " | ".join(f"{st[k]:.2f}" for k in STAGES) + f" | {st['lone']:.0f}% |")
     return lines
 
 
@@ -280,7 +291,7 @@ def table_load(rows):
     return lines
 
 
-def targets(engine, stock_rows, classify_rows, baseline_rows, c1_pairs, c1_pairs_one_runner):
+def targets(engine, stock_rows, classify_rows, baseline_rows, c1_pairs):
     best = max((r for rows in (engine["runners"], engine["one_runner"]) for r in rows),
                key=lambda r: r["throughput_ips"])
     ceiling = best["throughput_ips"]
@@ -300,10 +311,8 @@ def targets(engine, stock_rows, classify_rows, baseline_rows, c1_pairs, c1_pairs
         ("saturated server throughput >= 90% of the engine ceiling's best",
          f"{saturated:.1f} vs {ceiling:.1f} img/s ({best['instances']} x {best['threads'] // best['instances']} "
          f"thread(s), batch {best['batch']}) = {100 * saturated / ceiling:.0f}%", saturated >= 0.9 * ceiling),
-        ("p50 latency at concurrency 1 <= engine batch-1 latency + 2 ms (defaults: a lone request runs on "
-         "one runner, one thread; engine: one runner x 1 thread)", *paired(c1_pairs)),
-        ("the same with `--engine_runners=1` (all cores on each batch; engine: one runner x all threads)",
-         *paired(c1_pairs_one_runner)),
+        ("p50 latency at concurrency 1 <= engine batch-1 latency + 2 ms (a lone request runs with all cores; "
+         "engine: its fastest batch-1 layout, one runner x all threads)", *paired(c1_pairs)),
         (f">= 2x the Python baseline's throughput at concurrency {c}",
          f"{at[c]:.1f} vs {base[c]:.1f} req/s = {at[c] / base[c]:.2f}x", at[c] >= 2 * base[c]),
         ("engine ceiling >= 1.3x stock optimize_for_inference",
@@ -329,7 +338,7 @@ def main():
     for _ in range(settings.repeats):  # interleaved, so that drift hits all alike
         for name, flags, batches in ENGINE_LAYOUTS:
             runs[name].append(engine(settings, os.path.join(settings.repository, CLASSIFIER), flags, batches))
-        stock_runs.append(engine(settings, os.path.join(stock, "care_s0_stock"), STOCK_FLAGS))
+        stock_runs.append(engine(settings, os.path.join(stock, "care_s0_stock"), STOCK_FLAGS, env=STOCK_ENV))
     engine_rows = {name: median_engine(r) for name, r in runs.items()}
     stock_rows = median_engine(stock_runs)
 
@@ -350,7 +359,7 @@ def main():
             results[(task, size)] = rows
         rss_after = server.rss_bytes()
         log("classify 224x224 concurrency 1 paired with the engine at batch 1")
-        c1_pairs = paired_c1(settings, server, ENGINE_LAYOUTS[2][1])
+        c1_pairs = paired_c1(settings, server, ENGINE_LAYOUTS[1][1])
     finally:
         server.stop()
     log("care-server --engine_runners=1")
@@ -362,8 +371,6 @@ def main():
             r = load(settings, server.port, "classify", CLASSIFIER, c, "224x224")
             r["size"] = "224x224"
             latency_rows.append(r)
-        log("classify 224x224 concurrency 1 paired with the engine at batch 1, one runner")
-        c1_pairs_one_runner = paired_c1(settings, server, ENGINE_LAYOUTS[1][1])
     finally:
         server.stop()
     log("python baseline")
@@ -389,13 +396,12 @@ def main():
         "Models: the default repository (`scripts/default_repository.sh`): CARE-S0 ImageNet 224x224 "
         "(`max_batch_size` 16), RetinaNet COCO and Semantic FPN ADE20K at 512x512 (`max_batch_size` 4); random "
         "weights (speed does not depend on them). care-server with its defaults (one engine runner per core with "
-        "one intra-op thread each, one executor per runner for each model, preprocessing threads = half the "
-        "cores) unless a row says otherwise.",
+        "one intra-op thread each, all cores for a batch running alone, one executor per runner for each model, "
+        "preprocessing threads = half the cores) unless a row says otherwise.",
         "",
         "## Targets (CARE-S0, 224x224 JPEG Classify)",
         "",
-        *targets(engine_rows, stock_rows, results[("classify", "224x224")], baseline_rows, c1_pairs,
-                 c1_pairs_one_runner),
+        *targets(engine_rows, stock_rows, results[("classify", "224x224")], baseline_rows, c1_pairs),
         "",
         "## Engine ceiling: in-process LibTorch, no server",
         "",
@@ -410,17 +416,14 @@ def main():
         "",
         *table_engine(engine_rows["runners"]),
         "",
-        f"One runner x {CORES} threads (`{' '.join(ENGINE_LAYOUTS[1][1])}`), care-server's `--engine_runners=1`:",
+        f"One runner x {CORES} threads (`{' '.join(ENGINE_LAYOUTS[1][1])}`): care-server's `--engine_runners=1`, "
+        "and what a batch that runs alone gets with the defaults (`--lone_batch_threads`):",
         "",
         *table_engine(engine_rows["one_runner"]),
         "",
-        f"One runner x 1 thread (`{' '.join(ENGINE_LAYOUTS[2][1])}`): what a lone request gets with the defaults:",
-        "",
-        *table_engine(engine_rows["one_thread"]),
-        "",
         "Stock: the same model exported with `--no-fold-batchnorm`, `torch::jit::optimize_for_inference` with "
-        f"LibTorch's usual layout, one caller with all {CORES} cores as intra-op threads, and glibc's default "
-        f"malloc (`{' '.join(STOCK_FLAGS)}`):",
+        f"LibTorch's usual layout, one caller with all {CORES} cores as intra-op threads, glibc's default "
+        f"malloc and libgomp's default spin count (`GOMP_SPINCOUNT=300000 ... {' '.join(STOCK_FLAGS)}`):",
         "",
         *table_engine(stock_rows),
         "",
@@ -439,19 +442,15 @@ def main():
         "",
         "The latency targets compare two numbers ~2 ms apart that each drift by more than that between runs "
         f"minutes apart on this VM, so they are measured in {settings.pairs} back-to-back pairs: "
-        "`care-engine-bench` at batch 1 (the layout a lone request gets), then at once the same care-bench "
+        f"`care-engine-bench` at batch 1 with one runner x {CORES} threads (its fastest batch-1 layout, and the "
+        "one a lone request gets), then at once the same care-bench "
         "concurrency-1 run as above against the running (otherwise idle) server; the target uses the pair of "
         "median difference. The server columns are care-server's own mean time per request in each stage, from "
         "its `care_*_duration_seconds` histograms over the care-bench run (inference: the batch, here of one). "
-        "What the whole request does not explain is gRPC and the client.",
-        "",
-        "Defaults:",
+        "What the whole request does not explain is gRPC and the client. The last column: the share of the "
+        f"run's batches that ran on {CORES} threads (`care_batches_total`).",
         "",
         *table_pairs(c1_pairs),
-        "",
-        "`--engine_runners=1`:",
-        "",
-        *table_pairs(c1_pairs_one_runner),
         "",
         "## care-server with `--engine_runners=1`",
         "",
@@ -462,9 +461,11 @@ def main():
         "## Thread layout",
         "",
         f"Defaults on this {CORES}-core machine: {CORES} engine runners with one LibTorch thread each (each batch "
-        "on one core, as many batches at once as cores), one executor per runner for every model, preprocessing "
-        "threads = half the cores. Override with `--engine_runners`, `--intra_op_threads`, `--preprocess_threads` "
-        "and `batching.instances`; docs/service.md has the measurements behind the defaults.",
+        "on one core, as many batches at once as cores), except that a batch running alone (nothing else running "
+        f"or waiting) gets all {CORES} cores; one executor per runner for every model; preprocessing threads = half "
+        "the cores; GNU OpenMP's idle threads spin 2000 rounds before sleeping (`GOMP_SPINCOUNT`). Override with "
+        "`--engine_runners`, `--intra_op_threads`, `--lone_batch_threads`, `--preprocess_threads`, "
+        "`batching.instances` and the environment; docs/service.md has the measurements behind the defaults.",
         "",
         "## Python baseline",
         "",

@@ -22,6 +22,7 @@
 #include "server/api/vision_service.h"
 #include "server/common/log.h"
 #include "server/common/memory.h"
+#include "server/common/openmp_env.h"
 #include "server/common/thread_pool.h"
 #include "server/common/tls.h"
 #include "server/engine/torch_model.h"
@@ -45,6 +46,10 @@ ABSL_FLAG(int, engine_runners, 0,
 ABSL_FLAG(int, intra_op_threads, 0,
           "LibTorch intra-op threads per batch (0: the cores divided among --engine_runners, at least one). "
           "LibTorch's own default here is 1.");
+ABSL_FLAG(int, lone_batch_threads, 0,
+          "Intra-op threads for a batch that runs alone (no other batch running or waiting), e.g. every "
+          "request at concurrency 1 (0: one per core; 1, or at most --intra_op_threads: the same as any "
+          "batch).");
 ABSL_FLAG(int, inter_op_threads, 1, "LibTorch inter-op threads (the models here have no parallel branches).");
 ABSL_FLAG(int, preprocess_threads, 0,
           "Worker threads: decoding and resizing images, dense-task answers (0: half the cores, at least one; "
@@ -110,7 +115,9 @@ int Run() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   KeepFreedMemory();
-  ConfigureTorch(intra, runners, absl::GetFlag(FLAGS_inter_op_threads));
+  const int lone = absl::GetFlag(FLAGS_lone_batch_threads) > 0 ? absl::GetFlag(FLAGS_lone_batch_threads)
+                                                               : Cores();
+  ConfigureTorch(intra, runners, absl::GetFlag(FLAGS_inter_op_threads), lone);
   cv::setNumThreads(0);  // requests are decoded in parallel on our pool, each on one thread
   SetDecoderPixelCap(max_pixels);
 
@@ -167,6 +174,7 @@ int Run() {
        {"tls", ServerTlsMode(tls)},
        {"engine_runners", std::to_string(runners)},
        {"intra_op_threads", std::to_string(intra)},
+       {"lone_batch_threads", std::to_string(std::max(lone, intra))},
        {"preprocess_threads", std::to_string(pre)},
        {"torch", TorchVersion()}});
 
@@ -218,6 +226,7 @@ int Run() {
 }  // namespace careserve
 
 int main(int argc, char** argv) {
+  careserve::SetOpenMpSpinCount(argv);
   absl::SetProgramUsageMessage(
       "Serves CARE / CAS-ViT models over gRPC.\n"
       "  care-server --model_repository=DIR [--port=50051] [--metrics_port=9091]");

@@ -1,5 +1,6 @@
 #include "server/engine/torch_model.h"
 
+#include <algorithm>
 #include <deque>
 #include <exception>
 #include <thread>
@@ -71,11 +72,12 @@ class Runners {
     return *runners;
   }
 
-  void Configure(int runners, int threads) {
+  void Configure(int runners, int threads, int lone_threads) {
     absl::MutexLock lock(&mu_);
     if (!threads_.empty()) return;  // already running
     count_ = std::max(1, runners);
     per_runner_threads_ = std::max(1, threads);
+    lone_threads_ = std::max(per_runner_threads_, lone_threads);
   }
 
   // Runs `f` on a runner and returns when it has run.
@@ -92,9 +94,14 @@ class Runners {
       if (!idle_.empty()) {
         // The runner that went idle last: its core's caches still hold this work's
         // activations and allocations (CARE-S0 224 batch 1: ~1.2 ms less per batch than
-        // letting whichever runner wakes first take it).
-        Slot& slot = slots_[idle_.back()];
-        idle_.pop_back();
+        // letting whichever runner wakes first take it). A lone job goes to runner 0,
+        // the one that may use every core (see Loop).
+        auto pick = idle_.end() - 1;
+        if (busy_ == 0 && lone_threads_ > per_runner_threads_) {
+          if (auto zero = std::find(idle_.begin(), idle_.end(), 0); zero != idle_.end()) pick = zero;
+        }
+        Slot& slot = slots_[*pick];
+        idle_.erase(pick);
         slot.job = job;
         slot.full = true;
       } else {
@@ -122,29 +129,67 @@ class Runners {
     }
     at::globalContext().setFlushDenormal(true);  // MXCSR is per thread
     SetThreadIntraOpThreads(threads);
+    int current = threads;
+    Job job;
+    bool have = false;  // a job taken from the queue, to run next
+    {
+      // Jobs queue only while no runner is idle; one may have come before this runner.
+      absl::MutexLock lock(&mu_);
+      have = !queue_.empty();
+      if (have) {
+        job = queue_.front();
+        queue_.pop_front();
+      } else {
+        idle_.push_back(index);
+      }
+    }
     for (;;) {
-      Job job;
+      int want;
       {
         absl::MutexLock lock(&mu_);
-        if (!queue_.empty()) {
-          job = queue_.front();
-          queue_.pop_front();
-        } else {
+        if (!have) {
           Slot& slot = slots_[index];
-          idle_.push_back(index);
           mu_.Await(absl::Condition(&slot.full));
           job = slot.job;
           slot.full = false;
         }
+        ++busy_;
+        // A lone job (no other runner busy, nothing waiting) on runner 0 gets every core:
+        // with one request at a time the other runners' cores would sit idle. Only runner
+        // 0 ever has a bigger OpenMP team, so the teams' threads stay within the cores
+        // (GNU OpenMP stops spinning between parallel regions beyond that). A job that
+        // arrives meanwhile starts on another runner at once and shares the cores until
+        // this one ends.
+        want = index == 0 && busy_ == 1 && queue_.empty() ? lone_threads_ : per_runner_threads_;
+      }
+      if (want != current) {
+        omp_set_num_threads(want);
+        current = want;
       }
       (*job.f)();
-      job.done->Notify();
+      absl::Notification* done = job.done;
+      {
+        // Idle again (or on to the next queued job) before the caller hears of this one:
+        // its next job must find this runner idle.
+        absl::MutexLock lock(&mu_);
+        --busy_;
+        have = !queue_.empty();
+        if (have) {
+          job = queue_.front();
+          queue_.pop_front();
+        } else {
+          idle_.push_back(index);
+        }
+      }
+      done->Notify();
     }
   }
 
   absl::Mutex mu_;
   int count_ ABSL_GUARDED_BY(mu_) = 1;
   int per_runner_threads_ ABSL_GUARDED_BY(mu_) = 1;
+  int lone_threads_ ABSL_GUARDED_BY(mu_) = 1;     // a lone job's intra-op threads, on runner 0
+  int busy_ ABSL_GUARDED_BY(mu_) = 0;             // runners running a job
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);     // jobs no runner has taken yet
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);   // a job handed to an idle runner
@@ -224,6 +269,7 @@ absl::StatusOr<BatchOutputs> TorchModel::RunHere(float* input, int batch, int he
       if (!status.ok()) return status;
     }
     BatchOutputs out;
+    out.intra_op_threads = at::get_num_threads();
     for (const torch::Tensor& t : *tensors) {
       TensorView view;
       view.data = t.data_ptr();
@@ -239,11 +285,11 @@ absl::StatusOr<BatchOutputs> TorchModel::RunHere(float* input, int batch, int he
   }
 }
 
-void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads) {
+void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads, int lone_threads) {
   at::globalContext().setFlushDenormal(true);
   // The process value: what threads that first use LibTorch outside the runners start with.
   if (intra_op_threads > 0) at::set_num_threads(intra_op_threads);
-  Runners::Get().Configure(runners, intra_op_threads);
+  Runners::Get().Configure(runners, intra_op_threads, lone_threads);
   // Settable once, before any inter-op work has started.
   if (inter_op_threads > 0) {
     try {

@@ -31,6 +31,7 @@ struct TensorView {
 struct BatchOutputs {
   std::vector<TensorView> tensors;
   std::shared_ptr<void> storage;
+  int intra_op_threads = 1;  // the LibTorch threads the batch ran with
 };
 
 // One image's slice of every output tensor, copied out of the batch (so that the batch's
@@ -75,8 +76,9 @@ class TorchModel {
 // OpenMP keeps one team per runner (more teams than cores make GNU OpenMP sleep between
 // parallel regions, ~30% slower here). Also flushes denormals to zero (random or badly
 // scaled weights otherwise run up to 50x slower). LibTorch's own default here is 1
-// intra-op thread.
-void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads);
+// intra-op thread. A batch that runs alone (no other batch running or waiting) runs on
+// runner 0 with `lone_threads` intra-op threads (at least intra_op_threads).
+void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads, int lone_threads);
 
 std::string TorchVersion();
 

@@ -63,6 +63,11 @@ ServerMetrics::ServerMetrics()
                       .Name("care_batch_size")
                       .Help("Requests per batch run.")
                       .Register(*registry_)),
+      batches_(prometheus::BuildCounter()
+                   .Name("care_batches_total")
+                   .Help("Batches run, by the LibTorch intra-op threads they ran with (a batch running alone gets "
+                         "--lone_batch_threads).")
+                   .Register(*registry_)),
       queue_depth_(prometheus::BuildGauge()
                        .Name("care_queue_depth")
                        .Help("Requests waiting in the model's batching queue.")
@@ -101,12 +106,18 @@ ModelMetrics* ServerMetrics::ForModel(const std::string& model) {
         &postprocess_seconds_.Add(labels, LatencyBuckets()),
         &inference_seconds_.Add(labels, LatencyBuckets()),
         &batch_size_.Add(labels, BatchSizeBuckets()),
+        &batches_,
+        model,
         &queue_depth_.Add(labels),
         &queue_capacity_.Add(labels),
         &inflight_.Add(labels),
     });
   }
   return slot.get();
+}
+
+void ModelMetrics::CountBatch(int threads) const {
+  batches->Add({{"model", model}, {"threads", std::to_string(threads)}}).Increment();
 }
 
 void ServerMetrics::ObserveRequest(const std::string& method, const std::string& model, const std::string& code,

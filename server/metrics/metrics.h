@@ -24,6 +24,10 @@ struct ModelMetrics {
   prometheus::Histogram* postprocess_seconds;
   prometheus::Histogram* inference_seconds;
   prometheus::Histogram* batch_size;
+  // care_batches_total{model, threads}: one more batch run with `threads` intra-op threads.
+  void CountBatch(int threads) const;
+  prometheus::Family<prometheus::Counter>* batches;
+  std::string model;
   prometheus::Gauge* queue_depth;
   prometheus::Gauge* queue_capacity;
   prometheus::Gauge* inflight;
@@ -57,6 +61,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Histogram>& postprocess_seconds_;
   prometheus::Family<prometheus::Histogram>& inference_seconds_;
   prometheus::Family<prometheus::Histogram>& batch_size_;
+  prometheus::Family<prometheus::Counter>& batches_;
   prometheus::Family<prometheus::Gauge>& queue_depth_;
   prometheus::Family<prometheus::Gauge>& inflight_;
   prometheus::Family<prometheus::Gauge>& queue_capacity_;

@@ -73,6 +73,7 @@ void ModelScheduler::RunBatch(Batch batch) {
   ReturnBuffer(std::move(buffer));
   metrics_->inference_seconds->Observe(absl::ToDoubleSeconds(absl::Now() - start));
   metrics_->batch_size->Observe(n);
+  if (outputs.ok()) metrics_->CountBatch(outputs->intra_op_threads);
   absl::Status status = outputs.ok() ? CheckOutputs(*outputs, n) : outputs.status();
   for (int i = 0; i < n; ++i) {
     if (status.ok()) {

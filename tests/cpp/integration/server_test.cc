@@ -318,7 +318,7 @@ TEST_F(ServerTest, ConcurrentClassifyCallsGetTheirOwnImagesLogits) {
   // The reference: each image alone through the same TorchScript file (not optimised),
   // preprocessed by the pipeline the reference tests check against Python/OpenCV.
   const std::string repository = Env("CARE_TEST_REPOSITORY");
-  ConfigureTorch(2, 1, 1);
+  ConfigureTorch(2, 1, 1, 2);
   EngineOptions plain;
   plain.optimize = false;
   auto model = TorchModel::Load(repository + "/care_s0_cls/1/model.pt", plain);
@@ -375,6 +375,25 @@ TEST_F(ServerTest, ConcurrentClassifyCallsGetTheirOwnImagesLogits) {
   EXPECT_LT(batches, kCalls) << "no batch held more than one request";
   EXPECT_LT(singles, batches);
   EXPECT_EQ(delta("care_requests_total{code=\"OK\",method=\"Classify\",model=\"care_s0_cls\"}"), kCalls);
+}
+
+TEST_F(ServerTest, ARequestAloneRunsOnEveryCore) {
+  // --engine_runners=2 --intra_op_threads=1: a batch runs on one core, unless nothing else
+  // is running or waiting; then it gets every core (--lone_batch_threads' default).
+  const std::string lone = absl::StrFormat(R"(care_batches_total{model="care_s0_cls",threads="%d"})",
+                                           std::max(1u, std::thread::hardware_concurrency()));
+  const std::string before = HttpGet(server_->metrics_port(), "/metrics");
+  constexpr int kCalls = 5;
+  for (int i = 0; i < kCalls; ++i) {
+    v1::ClassifyRequest request;
+    request.set_model("care_s0_cls");
+    *request.mutable_image() = TestImage(Photos(), i);
+    grpc::ClientContext context;
+    v1::ClassifyResponse response;
+    ASSERT_TRUE(stub_->Classify(&context, request, &response).ok());
+  }
+  const std::string after = HttpGet(server_->metrics_port(), "/metrics");
+  EXPECT_EQ(Sample(after, lone) - std::max(0.0, Sample(before, lone)), kCalls) << after;
 }
 
 TEST_F(ServerTest, BadRequestsGetTheContractsStatusCodes) {
@@ -1047,7 +1066,7 @@ TEST_F(ServerTest, MetricsEndpointExportsTheContractsMetrics) {
   for (const char* family :
        {"care_requests_total", "care_request_duration_seconds", "care_queue_duration_seconds",
         "care_preprocess_duration_seconds", "care_postprocess_duration_seconds", "care_inference_duration_seconds",
-        "care_batch_size", "care_queue_depth", "care_inflight_requests", "care_model_info",
+        "care_batch_size", "care_batches_total", "care_queue_depth", "care_inflight_requests", "care_model_info",
         "process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds"}) {
     EXPECT_NE(metrics.find(std::string("# TYPE ") + family + " "), std::string::npos) << family;
   }
