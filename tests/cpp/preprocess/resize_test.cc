@@ -138,17 +138,32 @@ cv::Mat FullResizeAndCut(const cv::Mat& rgb, const InputSpec& spec) {
   return resized(cv::Rect(left, top, spec.width, spec.height)).clone();
 }
 
-TEST(CenterCrop, UpToTwelveToOneIsTheFullResizeBitForBit) {
+TEST(CenterCrop, BicubicIsTheFullResizeBitForBitAtAnyAspectRatio) {
   InputSpec spec;
   spec.height = spec.width = 64;  // covers 73x73
+  ASSERT_EQ(spec.interpolation, cv::INTER_CUBIC);
+  for (const cv::Size size : {cv::Size(1200, 100), cv::Size(1400, 100), cv::Size(90, 2000), cv::Size(3000, 37),
+                              cv::Size(50, 40), cv::Size(64, 64), cv::Size(73, 80)}) {
+    const cv::Mat rgb = Waves(size.width, size.height);
+    const ResizedImage r = ResizeForInput(rgb, spec);
+    ASSERT_EQ(r.pixels.size(), cv::Size(64, 64));
+    EXPECT_EQ(cv::norm(r.pixels, FullResizeAndCut(rgb, spec), cv::NORM_INF), 0) << size;
+  }
+}
+
+TEST(CenterCrop, OtherInterpolationsUpToTwelveToOneAreTheFullResizeBitForBit) {
+  InputSpec spec;
+  spec.height = spec.width = 64;  // covers 73x73
+  spec.interpolation = cv::INTER_LINEAR;
   const cv::Mat rgb = Waves(1200, 100);  // 12:1 -> 876x73, under 16x the input's area
   const ResizedImage r = ResizeForInput(rgb, spec);
   EXPECT_EQ(cv::norm(r.pixels, FullResizeAndCut(rgb, spec), cv::NORM_INF), 0);
 }
 
-TEST(CenterCrop, ElongatedImagesComputeOnlyTheCutWithinTheResizesTolerance) {
+TEST(CenterCrop, OtherInterpolationsOfElongatedImagesComputeOnlyTheCutWithinTheResizesTolerance) {
   InputSpec spec;
   spec.height = spec.width = 64;
+  spec.interpolation = cv::INTER_LINEAR;
   for (const cv::Size size : {cv::Size(1400, 100), cv::Size(90, 2000), cv::Size(3000, 37)}) {
     const cv::Mat rgb = Waves(size.width, size.height);
     const ResizedImage r = ResizeForInput(rgb, spec);

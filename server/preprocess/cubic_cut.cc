@@ -1,0 +1,187 @@
+#include "server/preprocess/cubic_cut.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include <emmintrin.h>
+
+// The weights and the vertical pass are floating point, evaluated in the same order as
+// OpenCV's; a fused multiply-add would round differently.
+#pragma GCC optimize("fp-contract=off")
+
+namespace careserve {
+namespace {
+
+constexpr int kCoefBits = 11;                 // OpenCV's INTER_RESIZE_COEF_BITS
+constexpr int kCoefScale = 1 << kCoefBits;   // fixed-point weights sum to about this
+constexpr int kSimdLanes = 8;                 // 16-bit lanes of a 128-bit vector: OpenCV's vertical pass
+                                              // takes 8 values at a time in float, the rest in fixed point
+
+// Keys' cubic convolution weights (a = -0.75) for the four taps around a sample at
+// fraction x past the second one.
+void CubicWeights(float x, float w[4]) {
+  const float a = -0.75f;
+  w[0] = ((a * (x + 1) - 5 * a) * (x + 1) + 8 * a) * (x + 1) - 4 * a;
+  w[1] = ((a + 2) * x - (a + 3)) * x * x + 1;
+  w[2] = ((a + 2) * (1 - x) - (a + 3)) * (1 - x) * (1 - x) + 1;
+  w[3] = 1.f - w[0] - w[1] - w[2];
+}
+
+int16_t Fixed(float w) {
+  const long v = std::lrint(w * kCoefScale);  // round half to even, as cvRound
+  return static_cast<int16_t>(std::clamp<long>(v, INT16_MIN, INT16_MAX));
+}
+
+// Sampling position of output index d: the source index of the second tap and the four
+// fixed-point weights (pixel centres aligned: (d + 0.5) * scale - 0.5).
+struct Tap {
+  int s;
+  int16_t w[4];
+};
+
+Tap TapAt(int d, double scale) {
+  float f = static_cast<float>((d + 0.5) * scale - 0.5);
+  const int s = static_cast<int>(std::floor(f));
+  f -= s;
+  float w[4];
+  CubicWeights(f, w);
+  return Tap{s, {Fixed(w[0]), Fixed(w[1]), Fixed(w[2]), Fixed(w[3])}};
+}
+
+uint8_t Saturate(int v) { return static_cast<uint8_t>(std::clamp(v, 0, 255)); }
+
+template <int CN>
+void Horizontal(const uint8_t* row, const int* offsets, const int16_t* weights, int count, int cn_runtime,
+                int32_t* out) {
+  const int cn = CN > 0 ? CN : cn_runtime;
+  for (int i = 0; i < count; ++i, offsets += 4, weights += 4, out += cn) {
+    const uint8_t* p0 = row + offsets[0];
+    const uint8_t* p1 = row + offsets[1];
+    const uint8_t* p2 = row + offsets[2];
+    const uint8_t* p3 = row + offsets[3];
+    const int w0 = weights[0], w1 = weights[1], w2 = weights[2], w3 = weights[3];
+    for (int c = 0; c < cn; ++c) out[c] = p0[c] * w0 + p1[c] * w1 + p2[c] * w2 + p3[c] * w3;
+  }
+}
+
+// Three channels, SSE2: per output pixel, each tap's pixel as four 16-bit lanes (its three
+// bytes and the next one), taps interleaved in pairs and multiplied-added with the pair's
+// weights into four 32-bit lanes, the last of which is not kept: each pixel's store spills
+// one int into the next pixel's first value, which that pixel then writes (`out` needs
+// one spare int after the row's last pixel). A pixel whose last tap is the row's last
+// source pixel takes the scalar path (no byte past the row is read).
+void Horizontal3(const uint8_t* row, int row_bytes, const int* offsets, const int16_t* weights, int count,
+                 int32_t* out) {
+  const __m128i zero = _mm_setzero_si128();
+  auto pixel = [&](int offset) {
+    int32_t bytes;
+    std::memcpy(&bytes, row + offset, 4);
+    return _mm_unpacklo_epi8(_mm_cvtsi32_si128(bytes), zero);
+  };
+  for (int i = 0; i < count; ++i, offsets += 4, weights += 4, out += 3) {
+    if (offsets[3] + 4 > row_bytes) {
+      Horizontal<3>(row, offsets, weights, 1, 3, out);
+      continue;
+    }
+    const __m128i w01 = _mm_set1_epi32(static_cast<uint16_t>(weights[0]) | (static_cast<uint32_t>(weights[1]) << 16));
+    const __m128i w23 = _mm_set1_epi32(static_cast<uint16_t>(weights[2]) | (static_cast<uint32_t>(weights[3]) << 16));
+    const __m128i p01 = _mm_unpacklo_epi16(pixel(offsets[0]), pixel(offsets[1]));
+    const __m128i p23 = _mm_unpacklo_epi16(pixel(offsets[2]), pixel(offsets[3]));
+    const __m128i sum = _mm_add_epi32(_mm_madd_epi16(p01, w01), _mm_madd_epi16(p23, w23));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), sum);
+  }
+}
+
+}  // namespace
+
+void ResizeCubicCut(const cv::Mat& src, cv::Size full, cv::Rect cut, cv::Mat* dst) {
+  const int cn = src.channels();
+  const int sw = src.cols, sh = src.rows;
+  const double scale_x = 1.0 / (static_cast<double>(full.width) / sw);
+  const double scale_y = 1.0 / (static_cast<double>(full.height) / sh);
+
+  // Columns: per kept output pixel, the four source pixels (edges replicated) and weights.
+  std::vector<int> offsets(static_cast<size_t>(cut.width) * 4);
+  std::vector<int16_t> alpha(static_cast<size_t>(cut.width) * 4);
+  for (int i = 0; i < cut.width; ++i) {
+    const Tap t = TapAt(cut.x + i, scale_x);
+    for (int k = 0; k < 4; ++k) {
+      offsets[4 * i + k] = std::clamp(t.s - 1 + k, 0, sw - 1) * cn;
+      alpha[4 * i + k] = t.w[k];
+    }
+  }
+  // Rows: per kept output row, the four source rows and weights.
+  std::vector<Tap> rows(cut.height);
+  int first = sh, last = -1;
+  for (int j = 0; j < cut.height; ++j) {
+    rows[j] = TapAt(cut.y + j, scale_y);
+    first = std::min(first, std::clamp(rows[j].s - 1, 0, sh - 1));
+    last = std::max(last, std::clamp(rows[j].s + 2, 0, sh - 1));
+  }
+
+  // The horizontal pass of every source row the kept rows need, in fixed point.
+  const int width = cut.width * cn;
+  // Not zeroed: every value is written before it is read (+1: Horizontal3's spill).
+  std::unique_ptr<int32_t[]> horizontal(new int32_t[static_cast<size_t>(last - first + 1) * width + 1]);
+  for (int y = first; y <= last; ++y) {
+    int32_t* out = horizontal.get() + static_cast<size_t>(y - first) * width;
+    const uint8_t* row = src.ptr<uint8_t>(y);
+    switch (cn) {
+      case 1: Horizontal<1>(row, offsets.data(), alpha.data(), cut.width, cn, out); break;
+      case 3: Horizontal3(row, sw * 3, offsets.data(), alpha.data(), cut.width, out); break;
+      default: Horizontal<0>(row, offsets.data(), alpha.data(), cut.width, cn, out); break;
+    }
+  }
+
+  // The vertical pass. OpenCV runs it over whole rows of the full-size result, the first
+  // multiple-of-8 values in float (weights / 2^22, summed last tap first, rounded half to
+  // even), the rest in fixed point (rounded half up); a kept value takes the path its
+  // position in the full row took.
+  const int full_row = full.width * cn;
+  const int simd_end = full_row / kSimdLanes * kSimdLanes;
+  const int x0 = cut.x * cn;
+  const int float_count = std::clamp(simd_end - x0, 0, width);
+  const float unscale = 1.f / (kCoefScale * kCoefScale);
+  dst->create(cut.height, cut.width, src.type());
+  for (int j = 0; j < cut.height; ++j) {
+    const Tap& t = rows[j];
+    const int32_t* s[4];
+    for (int k = 0; k < 4; ++k) {
+      s[k] = horizontal.get() + static_cast<size_t>(std::clamp(t.s - 1 + k, 0, sh - 1) - first) * width;
+    }
+    uint8_t* out = dst->ptr<uint8_t>(j);
+    const float b0 = t.w[0] * unscale, b1 = t.w[1] * unscale, b2 = t.w[2] * unscale, b3 = t.w[3] * unscale;
+    int x = 0;
+    const __m128 vb0 = _mm_set1_ps(b0), vb1 = _mm_set1_ps(b1), vb2 = _mm_set1_ps(b2), vb3 = _mm_set1_ps(b3);
+    auto sum4 = [&](int at) {
+      __m128 v = _mm_mul_ps(_mm_cvtepi32_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s[3] + at))), vb3);
+      v = _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s[2] + at))), vb2), v);
+      v = _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s[1] + at))), vb1), v);
+      v = _mm_add_ps(_mm_mul_ps(_mm_cvtepi32_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s[0] + at))), vb0), v);
+      return _mm_cvtps_epi32(v);  // rounds half to even (MXCSR's default mode)
+    };
+    for (; x + 8 <= float_count; x += 8) {
+      const __m128i packed = _mm_packs_epi32(sum4(x), sum4(x + 4));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + x), _mm_packus_epi16(packed, packed));
+    }
+    for (; x < float_count; ++x) {
+      float v = static_cast<float>(s[3][x]) * b3;
+      v = static_cast<float>(s[2][x]) * b2 + v;
+      v = static_cast<float>(s[1][x]) * b1 + v;
+      v = static_cast<float>(s[0][x]) * b0 + v;
+      out[x] = Saturate(_mm_cvtss_si32(_mm_set_ss(v)));
+    }
+    const int c0 = t.w[0], c1 = t.w[1], c2 = t.w[2], c3 = t.w[3];
+    constexpr int kShift = 2 * kCoefBits;
+    for (int x = float_count; x < width; ++x) {
+      const int v = s[0][x] * c0 + s[1][x] * c1 + s[2][x] * c2 + s[3][x] * c3;
+      out[x] = Saturate((v + (1 << (kShift - 1))) >> kShift);
+    }
+  }
+}
+
+}  // namespace careserve
