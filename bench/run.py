@@ -99,8 +99,8 @@ STOCK_FLAGS = ["--instances=1", f"--intra_op_threads={CORES}", "--keep_freed_mem
 STOCK_ENV = {"GOMP_SPINCOUNT": "300000"}
 
 
-def engine(settings, model_dir, flags, batches=None, env=None):
-    out = run([os.path.join(BUILD, "care-engine-bench"), f"--model_dir={model_dir}",
+def engine(settings, model_dir, flags, batches=None, env=None, binary="care-engine-bench"):
+    out = run([os.path.join(BUILD, binary), f"--model_dir={model_dir}",
                f"--batch_sizes={','.join(map(str, batches or settings.batches))}",
                f"--seconds={settings.engine_seconds}", "--json"] + flags, env=dict(os.environ, **(env or {})))
     return json_lines(out)
@@ -145,12 +145,15 @@ class Server:
                 sums[("batches", int(m.group(2)))] = float(m.group(3))
         return sums
 
-    def blas(self):
-        """The BLAS library mapped into the running server (LibTorch's, via libblas.so.3)."""
+    def mapped(self, pattern):
+        """Libraries mapped into the running server whose path matches `pattern`."""
         maps = open(f"/proc/{self.process.pid}/maps").read()
-        found = sorted({line.split()[-1] for line in maps.splitlines()
-                        if re.search(r"/lib(open)?blas[^/]*\.so", line)})
+        found = sorted({line.split()[-1] for line in maps.splitlines() if re.search(pattern, line)})
         return ", ".join(found) or "none"
+
+    def blas(self):
+        """The BLAS library (LibTorch's, via libblas.so.3)."""
+        return self.mapped(r"/lib(open)?blas[^/]*\.so")
 
     def stop(self):
         self.process.terminate()
@@ -338,7 +341,8 @@ def main():
     for _ in range(settings.repeats):  # interleaved, so that drift hits all alike
         for name, flags, batches in ENGINE_LAYOUTS:
             runs[name].append(engine(settings, os.path.join(settings.repository, CLASSIFIER), flags, batches))
-        stock_runs.append(engine(settings, os.path.join(stock, "care_s0_stock"), STOCK_FLAGS, env=STOCK_ENV))
+        stock_runs.append(engine(settings, os.path.join(stock, "care_s0_stock"), STOCK_FLAGS, env=STOCK_ENV,
+                                 binary="care-engine-bench-glibc"))
     engine_rows = {name: median_engine(r) for name, r in runs.items()}
     stock_rows = median_engine(stock_runs)
 
@@ -347,6 +351,7 @@ def main():
     try:
         rss_loaded = server.rss_bytes()
         blas = server.blas()
+        malloc = server.mapped(r"/lib(tcmalloc|jemalloc)[^/]*\.so")
         results = {}
         for task, size in [("classify", "224x224"), ("classify", "640x480"), ("detect", "640x480"),
                            ("segment", "640x480")]:
@@ -390,11 +395,11 @@ def main():
          "measured in that one run."),
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; Debian 12, LibTorch "
-        f"{info['torch']} (Debian); BLAS mapped into care-server: {blas}; {info['date']}. Client and server share "
+        f"{info['torch']} (Debian); BLAS mapped into care-server: {blas}; malloc: {malloc}; {info['date']}. Client and server share "
         "the machine.",
         "",
         "Models: the default repository (`scripts/default_repository.sh`): CARE-S0 ImageNet 224x224 "
-        "(`max_batch_size` 16), RetinaNet COCO and Semantic FPN ADE20K at 512x512 (`max_batch_size` 4); random "
+        "(`max_batch_size` 8), RetinaNet COCO and Semantic FPN ADE20K at 512x512 (`max_batch_size` 4); random "
         "weights (speed does not depend on them). care-server with its defaults (one engine runner per core with "
         "one intra-op thread each, all cores for a batch running alone, one executor per runner for each model, "
         "preprocessing threads = half the cores) unless a row says otherwise.",
@@ -409,7 +414,7 @@ def main():
         f"--seconds={settings.engine_seconds}` plus the layout's flags, {settings.repeats} runs of every layout "
         "interleaved, median shown: the exported TorchScript (BatchNorms folded into the following convolutions) "
         "through care-server's own executor (engine runners, `torch::jit::optimize_for_inference`, denormals "
-        "flushed, malloc keeping freed memory). With several runners the batch size is per runner, the latency "
+        "flushed, tcmalloc). With several runners the batch size is per runner, the latency "
         "is one batch's and the throughput the sum.",
         "",
         f"Default layout, {CORES} runners x 1 thread (`{' '.join(ENGINE_LAYOUTS[0][1])}`), what care-server runs:",
@@ -422,8 +427,9 @@ def main():
         *table_engine(engine_rows["one_runner"]),
         "",
         "Stock: the same model exported with `--no-fold-batchnorm`, `torch::jit::optimize_for_inference` with "
-        f"LibTorch's usual layout, one caller with all {CORES} cores as intra-op threads, glibc's default "
-        f"malloc and libgomp's default spin count (`GOMP_SPINCOUNT=300000 ... {' '.join(STOCK_FLAGS)}`):",
+        f"LibTorch's usual layout, one caller with all {CORES} cores as intra-op threads, glibc's malloc with its "
+        "defaults and libgomp's default spin count (`GOMP_SPINCOUNT=300000 care-engine-bench-glibc "
+        f"{' '.join(STOCK_FLAGS)}`):",
         "",
         *table_engine(stock_rows),
         "",

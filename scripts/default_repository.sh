@@ -30,6 +30,7 @@ exporter=$(cat "$src"/model/carevision/*.py | sha256sum | cut -c1-16)
 export_model() {
   local name=$1 source="$2 exporter $exporter"
   shift 2
+  source="$source args $*"
   local stamp="$out/.stamps/$name"
   if [ -f "$out/$name/1/model.pt" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$source" ]; then
     echo "default repository: $name is up to date ($source)" >&2
@@ -71,7 +72,10 @@ export_demo care_s0_retinanet_fashion care_s0_retinanet_fashion.pth --task detec
   --labels "$labels/fashion_mnist10.txt"
 export_demo care_s0_fpn_fashion care_s0_fpn_fashion.pth --task segmentation --input-size 128 128 \
   --labels "$labels/fashion_mnist_segmentation11.txt"
-export_one care_s0_imagenet care_s0.pth --arch care_s0 --task classification --input-size 224 224
+# Batches of 8: the engine's best per runner (make bench, 2 runners x 1 thread: batch 4 108,
+# 8 114, 16 110, 32 98 img/s).
+export_one care_s0_imagenet care_s0.pth --arch care_s0 --task classification --input-size 224 224 \
+  --max-batch-size 8
 # Dense models at 512x512 take ~10x a classifier's time per image: smaller batches.
 export_one care_s0_retinanet_coco care_s0_retinanet.pth --arch care_s0 --task detection --input-size 512 512 \
   --max-batch-size 4
