@@ -11,7 +11,11 @@
 
 // The weights and the vertical pass are floating point, evaluated in the same order as
 // OpenCV's; a fused multiply-add would round differently.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace careserve {
 namespace {
