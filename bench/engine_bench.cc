@@ -34,7 +34,8 @@ ABSL_FLAG(int, instances, 1,
           "Batches running at the same time (as care-server's --engine_runners), each with "
           "intra_op_threads / instances threads; throughput is their sum.");
 ABSL_FLAG(bool, keep_freed_memory, true,
-          "As care-server: malloc keeps freed activations for the next batch (false: glibc's defaults).");
+          "glibc's malloc keeps freed activations for the next batch (false: its defaults); no effect when "
+          "linked with tcmalloc (care-engine-bench; care-engine-bench-glibc is not).");
 ABSL_FLAG(bool, optimize_for_inference, true, "As care-server's flag of the same name.");
 ABSL_FLAG(bool, json, false, "One JSON object per batch size, one per line.");
 

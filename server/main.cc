@@ -21,7 +21,6 @@
 #include "opencv2/core.hpp"
 #include "server/api/vision_service.h"
 #include "server/common/log.h"
-#include "server/common/memory.h"
 #include "server/common/openmp_env.h"
 #include "server/common/thread_pool.h"
 #include "server/common/tls.h"
@@ -114,7 +113,6 @@ int Run() {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  KeepFreedMemory();
   const int lone = absl::GetFlag(FLAGS_lone_batch_threads) > 0 ? absl::GetFlag(FLAGS_lone_batch_threads)
                                                                : Cores();
   ConfigureTorch(intra, runners, absl::GetFlag(FLAGS_inter_op_threads), lone);

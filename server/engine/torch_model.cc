@@ -99,7 +99,7 @@ class Runners {
         // letting whichever runner wakes first take it). A lone job goes to runner 0,
         // the one that may use every core (see Loop).
         auto pick = idle_.end() - 1;
-        if (busy_ == 0 && lone_threads_ > per_runner_threads_) {
+        if (Busy() == 0 && lone_threads_ > per_runner_threads_) {
           if (auto zero = std::find(idle_.begin(), idle_.end(), 0); zero != idle_.end()) pick = zero;
         }
         Slot& slot = slots_[*pick];
@@ -133,17 +133,11 @@ class Runners {
     SetThreadIntraOpThreads(threads);
     int current = threads;
     Job job;
-    bool have = false;  // a job taken from the queue, to run next
+    bool have;  // a job taken from the queue, to run next
     {
       // Jobs queue only while no runner is idle; one may have come before this runner.
       absl::MutexLock lock(&mu_);
-      have = !queue_.empty();
-      if (have) {
-        job = queue_.front();
-        queue_.pop_front();
-      } else {
-        idle_.push_back(index);
-      }
+      have = TakeQueuedOrGoIdle(index, &job);
     }
     for (;;) {
       int want;
@@ -155,38 +149,44 @@ class Runners {
           job = slot.job;
           slot.full = false;
         }
-        ++busy_;
         // A lone job (no other runner busy, nothing waiting) on runner 0 gets every core:
         // with one request at a time the other runners' cores would sit idle. Only runner
         // 0 ever has a bigger OpenMP team, so the teams' threads stay within the cores
         // (GNU OpenMP stops spinning between parallel regions beyond that). A job that
         // arrives meanwhile starts on another runner at once and shares the cores until
         // this one ends.
-        want = index == 0 && busy_ == 1 && queue_.empty() ? lone_threads_ : per_runner_threads_;
+        want = index == 0 && Busy() == 1 && queue_.empty() ? lone_threads_ : per_runner_threads_;
+        SetBlasThreads(want);
       }
       if (want != current) {
         omp_set_num_threads(want);
         current = want;
       }
-      SetBlasThreads(want);
       (*job.f)();
       absl::Notification* done = job.done;
       {
         // Idle again (or on to the next queued job) before the caller hears of this one:
         // its next job must find this runner idle.
         absl::MutexLock lock(&mu_);
-        --busy_;
-        have = !queue_.empty();
-        if (have) {
-          job = queue_.front();
-          queue_.pop_front();
-        } else {
-          idle_.push_back(index);
-        }
+        have = TakeQueuedOrGoIdle(index, &job);
       }
       done->Notify();
     }
   }
+
+  // The next queued job into *job (true), or else runner `index` joins the idle ones.
+  bool TakeQueuedOrGoIdle(int index, Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (queue_.empty()) {
+      idle_.push_back(index);
+      return false;
+    }
+    *job = queue_.front();
+    queue_.pop_front();
+    return true;
+  }
+
+  // Runners not idle: running a job, or handed one and waking up.
+  int Busy() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return count_ - static_cast<int>(idle_.size()); }
 
   // OpenBLAS (LibTorch's BLAS here, for matrix products) keeps its own thread pool, one
   // thread per core by default, whatever the caller's OpenMP setting: two single-threaded
@@ -197,23 +197,20 @@ class Runners {
   // Measured (care-engine-bench, CARE-S0 224, two runs each): 2 runners x 1 thread, batch
   // 8: 91.8/87.8 img/s with OpenBLAS's default, 104.8/99.3 with one thread; one runner x 2
   // threads, batch 1: p50 20.5/20.1 ms with two, 22.3/22.3 with one.
-  void SetBlasThreads(int threads) {
+  void SetBlasThreads(int threads) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     using Setter = void (*)(int);
     static const Setter set = reinterpret_cast<Setter>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
     if (set == nullptr) return;  // another BLAS
-    absl::MutexLock lock(&blas_mu_);
     if (threads == blas_threads_) return;
     set(threads);
     blas_threads_ = threads;
   }
 
   absl::Mutex mu_;
-  absl::Mutex blas_mu_ ABSL_ACQUIRED_AFTER(mu_);
-  int blas_threads_ ABSL_GUARDED_BY(blas_mu_) = 0;
+  int blas_threads_ ABSL_GUARDED_BY(mu_) = 0;
   int count_ ABSL_GUARDED_BY(mu_) = 1;
   int per_runner_threads_ ABSL_GUARDED_BY(mu_) = 1;
   int lone_threads_ ABSL_GUARDED_BY(mu_) = 1;     // a lone job's intra-op threads, on runner 0
-  int busy_ ABSL_GUARDED_BY(mu_) = 0;             // runners running a job
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
   std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);     // jobs no runner has taken yet
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);   // a job handed to an idle runner
