@@ -20,7 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "server/common/memory.h"
-#include "server/common/openmp_env.h"
+#include "server/common/startup_env.h"
 #include "server/engine/torch_model.h"
 #include "server/repository/model_config.h"
 
@@ -51,7 +51,7 @@ double Percentile(std::vector<double> v, double p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  careserve::SetOpenMpSpinCount(argv);  // as care-server
+  careserve::ReexecWith(argv, {careserve::OpenMpSpinCount()});  // as care-server
   absl::SetProgramUsageMessage("care-engine-bench --model_dir=DIR [--batch_sizes=1,4,8,16,32]");
   absl::ParseCommandLine(argc, argv);
   const std::string dir = absl::GetFlag(FLAGS_model_dir);

@@ -7,7 +7,7 @@ BUILD_PKGS=(
   build-essential cmake pkg-config git
   libtorch-dev python3-torch python3-torchvision libopenblas0-pthread libtcmalloc-minimal4
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libopencv-dev prometheus-cpp-dev libabsl-dev
+  libopencv-dev libjpeg62-turbo-dev prometheus-cpp-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-pytest python3-numpy python3-grpcio python3-protobuf python3-skimage python3-pil
   python3-opencv python3-yaml python3-matplotlib

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -21,7 +22,7 @@
 #include "opencv2/core.hpp"
 #include "server/api/vision_service.h"
 #include "server/common/log.h"
-#include "server/common/openmp_env.h"
+#include "server/common/startup_env.h"
 #include "server/common/thread_pool.h"
 #include "server/common/tls.h"
 #include "server/engine/torch_model.h"
@@ -117,7 +118,6 @@ int Run() {
                                                                : Cores();
   ConfigureTorch(intra, runners, absl::GetFlag(FLAGS_inter_op_threads), lone);
   cv::setNumThreads(0);  // requests are decoded in parallel on our pool, each on one thread
-  SetDecoderPixelCap(max_pixels);
 
   ServerMetrics metrics;
   std::unique_ptr<MetricsEndpoint> metrics_endpoint;
@@ -224,10 +224,16 @@ int Run() {
 }  // namespace careserve
 
 int main(int argc, char** argv) {
-  careserve::SetOpenMpSpinCount(argv);
+  const std::vector<char*> arguments(argv, argv + argc + 1);  // as given, for a re-exec
   absl::SetProgramUsageMessage(
       "Serves CARE / CAS-ViT models over gRPC.\n"
       "  care-server --model_repository=DIR [--port=50051] [--metrics_port=9091]");
   absl::ParseCommandLine(argc, argv);
+  // libgomp and OpenCV read these when they are loaded: set, they take a re-exec.
+  if (!careserve::ReexecWith(const_cast<char**>(arguments.data()),
+                             {careserve::OpenMpSpinCount(),
+                              careserve::OpenCvPixelCap(absl::GetFlag(FLAGS_max_image_pixels))})) {
+    careserve::Log(careserve::LogLevel::kWarning, "cannot re-execute with GOMP_SPINCOUNT and OPENCV_IO_MAX_IMAGE_PIXELS set");
+  }
   return careserve::Run();
 }

@@ -52,8 +52,4 @@ absl::StatusOr<DecodedImage> DecodeForInput(const care::vision::v1::Image& image
 // Width and height from a JPEG's frame header (before EXIF orientation), or false.
 bool JpegFrameSize(const std::string& bytes, int* width, int* height);
 
-// Applies the OpenCV-wide pixel cap that guards against decompression bombs; call once at
-// startup, before any decoding.
-void SetDecoderPixelCap(int64_t max_pixels);
-
 }  // namespace careserve

@@ -1,16 +1,23 @@
 // Fuzzes what every request's image goes through before inference: DecodeForInput (format
 // sniffing, header size checks, JPEG end check, reduced JPEG decode, OpenCV's decoders),
 // ResizeForInput and NormalizeInto, for a center-crop and a letterbox input. Invariants:
-// an accepted image is 8-bit RGB within the pixel limit; the resize fits the input.
+// an accepted image is 8-bit RGB within the pixel limit; the resize fits the input; and
+// the direct libjpeg-turbo decode, where it takes a file, gives cv::imdecode's pixels
+// exactly (at full size and 1/2).
 //
 // Input: the encoded image bytes; or, after a leading 'R', a raw image: width and height
 // (one byte each), a format byte, then the pixel bytes.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "opencv2/imgcodecs.hpp"
+#include "opencv2/imgproc.hpp"
+#include "server/common/startup_env.h"
 #include "server/preprocess/image.h"
+#include "server/preprocess/jpeg_decode.h"
 #include "server/preprocess/resize.h"
 
 namespace {
@@ -24,14 +31,38 @@ void Check(bool ok) {
   if (!ok) std::abort();
 }
 
+// Where DecodeJpegRgb takes the file, OpenCV must decode it to the same pixels.
+void CheckJpegDecodeMatchesOpenCv(const uint8_t* data, size_t size) {
+  if (size < 2 || data[0] != 0xFF || data[1] != 0xD8) return;  // DecodeJpegRgb must refuse FF D8 00 itself
+  const std::string bytes(reinterpret_cast<const char*>(data), size);
+  for (const auto& [reduction, flag] : {std::pair<int, int>{1, cv::IMREAD_COLOR}, {2, cv::IMREAD_REDUCED_COLOR_2}}) {
+    cv::Mat direct;
+    if (careserve::DecodeJpegRgb(bytes, reduction, kMaxPixels, &direct).outcome !=
+        careserve::JpegDecodeOutcome::kDecoded) {
+      continue;
+    }
+    cv::Mat bgr;
+    try {
+      bgr = cv::imdecode(cv::Mat(1, static_cast<int>(size), CV_8UC1, const_cast<uint8_t*>(data)), flag);
+    } catch (const cv::Exception&) {
+    }
+    Check(!bgr.empty());
+    cv::Mat rgb;
+    cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+    Check(rgb.size() == direct.size() && rgb.type() == direct.type() && cv::norm(rgb, direct, cv::NORM_INF) == 0);
+  }
+}
+
 }  // namespace
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  careserve::SetDecoderPixelCap(kMaxPixels);
+extern "C" int LLVMFuzzerInitialize(int*, char*** argv) {
+  // OpenCV reads its cap when it is loaded: the fuzzer re-executes itself with it set.
+  careserve::ReexecWith(*argv, {careserve::OpenCvPixelCap(kMaxPixels)});
   return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  CheckJpegDecodeMatchesOpenCv(data, size);
   care::vision::v1::Image image;
   if (size >= 4 && data[0] == 'R') {
     auto* raw = image.mutable_raw();

@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "server/api/validation.h"
+#include "server/common/startup_env.h"
 #include "server/preprocess/image.h"
 
 namespace {
@@ -20,8 +21,9 @@ void CheckRefusal(const absl::Status& status) {
 
 }  // namespace
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  careserve::SetDecoderPixelCap(1'000'000);
+extern "C" int LLVMFuzzerInitialize(int*, char*** argv) {
+  // OpenCV reads its cap when it is loaded: the fuzzer re-executes itself with it set.
+  careserve::ReexecWith(*argv, {careserve::OpenCvPixelCap(1'000'000)});
   return 0;
 }
 

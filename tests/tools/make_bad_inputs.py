@@ -54,6 +54,21 @@ def jpeg_declaring(width, height):
     return bytes(b)
 
 
+def tiff_declaring(tiff, width, height):
+    """The TIFF file with its first directory's ImageWidth and ImageLength rewritten."""
+    b = bytearray(tiff)
+    fmt = "<" if b[:2] == b"II" else ">"
+    ifd = struct.unpack(fmt + "I", b[4:8])[0]
+    count = struct.unpack(fmt + "H", b[ifd:ifd + 2])[0]
+    for e in range(count):
+        at = ifd + 2 + 12 * e
+        tag, kind = struct.unpack(fmt + "HH", b[at:at + 4])
+        if tag in (256, 257):
+            value = width if tag == 256 else height
+            b[at + 8:at + 12] = struct.pack(fmt + "HH", value, 0) if kind == 3 else struct.pack(fmt + "I", value)
+    return bytes(b)
+
+
 def main(out):
     os.makedirs(out, exist_ok=True)
     for f in os.listdir(out):
@@ -108,6 +123,16 @@ def main(out):
          "INVALID_ARGUMENT", "the PNG header declares 4294967295x4294967295 (18446744065119617025 pixels)")
     case("bomb_65000x65000.jpg", jpeg_declaring(65000, 65000), "INVALID_ARGUMENT",
          "the JPEG header declares 65000x65000 (4225000000 pixels)")
+    # Found by tests/fuzz/decode_fuzzer: a junk byte before the frame header. libjpeg skips it
+    # (and decoded 16384x64415: a 3 GB allocation); the header check must skip it too.
+    bomb = jpeg_declaring(16384, 64415)
+    sof = bomb.index(b"\xff\xc0")
+    case("bomb_junk_before_frame_16384x64415.jpg", bomb[:sof] + b"\x14" + bomb[sof:], "INVALID_ARGUMENT",
+         "the JPEG header declares 16384x64415 (1055375360 pixels), more than the limit of")
+    tiff = io.BytesIO()
+    Image.fromarray(photo(32, 24)).save(tiff, format="TIFF", compression="tiff_deflate")
+    case("bomb_20000x20000.tiff", tiff_declaring(tiff.getvalue(), 20000, 20000), "INVALID_ARGUMENT",
+         "the TIFF header declares 20000x20000 (400000000 pixels), more than the limit of")
     bmp = bytearray(good_bmp)
     bmp[18:26] = struct.pack("<ii", 60000, -60000)
     case("bomb_60000x60000.bmp", bytes(bmp), "INVALID_ARGUMENT", "the BMP header declares 60000x60000")

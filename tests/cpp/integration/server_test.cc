@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "care/vision/v1/vision.grpc.pb.h"
@@ -148,6 +150,7 @@ class Server {
   }
 
   void Signal(int signal) const { kill(pid_, signal); }
+  pid_t pid() const { return pid_; }
   // Waits up to `timeout` for the process to exit: its exit code, or -1 if still running.
   int WaitExit(std::chrono::milliseconds timeout) {
     const auto give_up = std::chrono::steady_clock::now() + timeout;
@@ -375,6 +378,17 @@ TEST_F(ServerTest, ConcurrentClassifyCallsGetTheirOwnImagesLogits) {
   EXPECT_LT(batches, kCalls) << "no batch held more than one request";
   EXPECT_LT(singles, batches);
   EXPECT_EQ(delta("care_requests_total{code=\"OK\",method=\"Classify\",model=\"care_s0_cls\"}"), kCalls);
+}
+
+// libgomp and OpenCV read these when they are loaded, so the server re-executes itself with
+// them set: OpenCV's decoders then refuse images over --max_image_pixels (default 40M) from
+// their headers, also where the server's own header checks do not look (without it OpenCV's
+// cap is 2^30 pixels, 3 GiB of colour pixels).
+TEST_F(ServerTest, TheServerRunsWithOpenCvsPixelCapAndOpenMpsSpinCountInItsEnvironment) {
+  const std::string environ = ReadFile("/proc/" + std::to_string(server_->pid()) + "/environ");
+  std::vector<std::string> variables = absl::StrSplit(environ, '\0');
+  EXPECT_NE(std::find(variables.begin(), variables.end(), "OPENCV_IO_MAX_IMAGE_PIXELS=40000000"), variables.end());
+  EXPECT_NE(std::find(variables.begin(), variables.end(), "GOMP_SPINCOUNT=2000"), variables.end());
 }
 
 TEST_F(ServerTest, ARequestAloneRunsOnEveryCore) {

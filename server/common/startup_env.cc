@@ -1,0 +1,30 @@
+#include "server/common/startup_env.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+namespace careserve {
+
+bool ReexecWith(char** argv, const std::vector<StartupVariable>& variables) {
+  bool changed = false;
+  for (const StartupVariable& v : variables) {
+    const char* current = getenv(v.name.c_str());
+    if (current != nullptr && (v.keep_existing || v.value == current)) continue;
+    setenv(v.name.c_str(), v.value.c_str(), /*overwrite=*/1);
+    changed = true;
+  }
+  if (!changed) return true;
+  execv("/proc/self/exe", argv);
+  return false;  // exec failed: going on without them
+}
+
+StartupVariable OpenMpSpinCount() { return {"GOMP_SPINCOUNT", "2000", /*keep_existing=*/true}; }
+
+StartupVariable OpenCvPixelCap(long long max_pixels) {
+  return {"OPENCV_IO_MAX_IMAGE_PIXELS", std::to_string(max_pixels), /*keep_existing=*/false};
+}
+
+}  // namespace careserve

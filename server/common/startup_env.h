@@ -1,0 +1,38 @@
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace careserve {
+
+// An environment variable that a library reads when it is loaded, before main, so that
+// setting it later has no effect: libgomp's GOMP_SPINCOUNT, OpenCV's
+// OPENCV_IO_MAX_IMAGE_PIXELS (imgcodecs reads it into a static at load time).
+struct StartupVariable {
+  std::string name;
+  std::string value;
+  bool keep_existing = false;  // a value already in the environment wins (the user's)
+};
+
+// If the environment does not already hold `variables`, sets them and re-executes the
+// program (/proc/self/exe, same pid and arguments) so the libraries read them at load;
+// in the re-executed program they hold, and this returns. Call it before starting any
+// thread. If exec fails, the program goes on without them (the return value says so).
+bool ReexecWith(char** argv, const std::vector<StartupVariable>& variables);
+
+// GOMP_SPINCOUNT=2000 unless the environment sets it: how long GNU OpenMP's idle team
+// threads spin before they sleep, for processes that run LibTorch.
+//
+// Why: a team thread that spins through the caller's serial stretches takes the core's
+// execution resources from it (here the two vCPUs behave like hyperthreads of one core).
+// CARE-S0 224 batch 1 on one runner x 2 threads, care-engine-bench: p50 22.4-24.0 ms with
+// spin counts 300000 (the default) and 1000000, 19.4-19.9 ms with 2000, 20000 and 100000;
+// batch 8 unchanged (83-89 ms). See docs/service.md.
+StartupVariable OpenMpSpinCount();
+
+// OPENCV_IO_MAX_IMAGE_PIXELS=`max_pixels`: OpenCV's decoders refuse larger images from
+// their headers, before allocating pixels (its default is 2^30: 3 GiB for an 8-bit colour
+// image). The server's own header checks come first; this covers what they do not read.
+StartupVariable OpenCvPixelCap(long long max_pixels);
+
+}  // namespace careserve
