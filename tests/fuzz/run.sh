@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the libFuzzer targets built in BUILD_DIR for SECONDS each, starting from the
-# checked-in corpora (tests/data/bad_inputs for decoding, tests/fuzz/corpus/request for
-# validation) plus what earlier runs in BUILD_DIR found. A crash, sanitizer report or
+# checked-in corpora (tests/data/bad_inputs and tests/fuzz/corpus/decode for decoding: the
+# latter small JPEGs of skimage's chelsea, 40x24, plain, progressive and with EXIF
+# orientation 3 (big-endian) or 6 (little-endian) APP1 segments, so the fuzzer starts inside
+# the EXIF path; tests/fuzz/corpus/request for validation) plus what earlier runs in
+# BUILD_DIR found. A crash, sanitizer report or
 # broken invariant fails the run and leaves the input in BUILD_DIR/artifacts/.
 #   usage: tests/fuzz/run.sh BUILD_DIR SECONDS
 set -euo pipefail
@@ -22,6 +25,6 @@ fuzz() {  # target, corpus dirs...
     grep -E "^stat::number_of_executed_units|^stat::new_units_added|cov:" "$build/$target.log" | tail -n 3
   fi
 }
-fuzz decode_fuzzer "$build/found/decode" "$src/tests/data/bad_inputs"
+fuzz decode_fuzzer "$build/found/decode" "$src/tests/data/bad_inputs" "$src/tests/fuzz/corpus/decode"
 fuzz request_fuzzer "$build/found/request" "$src/tests/fuzz/corpus/request"
 exit $status
