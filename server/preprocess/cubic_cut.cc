@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <emmintrin.h>
+#include <tmmintrin.h>
 
 // The weights and the vertical pass are floating point, evaluated in the same order as
 // OpenCV's; a fused multiply-add would round differently.
@@ -100,6 +101,36 @@ void Horizontal3(const uint8_t* row, int row_bytes, const int* offsets, const in
   }
 }
 
+// Horizontal3 with SSSE3, for the usual case: an output pixel whose four taps are four
+// consecutive source pixels (every pixel but those whose taps the image edges clamp) takes
+// one 16-byte load and two byte shuffles instead of four loads and unpacks. The same
+// products and sums as Horizontal3, so the same values (the spilled fourth lane is zero
+// here; the next pixel or the spare int takes it either way).
+__attribute__((target("ssse3"))) void Horizontal3Ssse3(const uint8_t* row, int row_bytes, const int* offsets,
+                                                      const int16_t* weights, int count, int32_t* out) {
+  // Taps 0 and 1 (bytes 0-5), then taps 2 and 3 (bytes 6-11), channel by channel, as
+  // 16-bit lanes: (t0 c0, t1 c0, t0 c1, t1 c1, t0 c2, t1 c2, 0, 0).
+  const __m128i taps01 = _mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1);
+  const __m128i taps23 = _mm_setr_epi8(6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1);
+  int i = 0;
+  for (; i < count; ++i) {
+    const int* o = offsets + 4 * i;
+    if (o[1] != o[0] + 3 || o[2] != o[0] + 6 || o[3] != o[0] + 9 || o[0] + 16 > row_bytes) {
+      Horizontal3(row, row_bytes, o, weights + 4 * i, 1, out + 3 * i);
+      continue;
+    }
+    const int16_t* w = weights + 4 * i;
+    const __m128i w01 = _mm_set1_epi32(static_cast<uint16_t>(w[0]) | (static_cast<uint32_t>(w[1]) << 16));
+    const __m128i w23 = _mm_set1_epi32(static_cast<uint16_t>(w[2]) | (static_cast<uint32_t>(w[3]) << 16));
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + o[0]));
+    const __m128i sum = _mm_add_epi32(_mm_madd_epi16(_mm_shuffle_epi8(bytes, taps01), w01),
+                                      _mm_madd_epi16(_mm_shuffle_epi8(bytes, taps23), w23));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 3 * i), sum);
+  }
+}
+
+const bool kHaveSsse3 = __builtin_cpu_supports("ssse3");
+
 }  // namespace
 
 void ResizeCubicCut(const cv::Mat& src, cv::Size full, cv::Rect cut, cv::Mat* dst) {
@@ -136,7 +167,9 @@ void ResizeCubicCut(const cv::Mat& src, cv::Size full, cv::Rect cut, cv::Mat* ds
     const uint8_t* row = src.ptr<uint8_t>(y);
     switch (cn) {
       case 1: Horizontal<1>(row, offsets.data(), alpha.data(), cut.width, cn, out); break;
-      case 3: Horizontal3(row, sw * 3, offsets.data(), alpha.data(), cut.width, out); break;
+      case 3:
+        (kHaveSsse3 ? Horizontal3Ssse3 : Horizontal3)(row, sw * 3, offsets.data(), alpha.data(), cut.width, out);
+        break;
       default: Horizontal<0>(row, offsets.data(), alpha.data(), cut.width, cn, out); break;
     }
   }
