@@ -7,6 +7,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <numeric>
 #include <random>
 #include <string>
 #include <thread>
@@ -22,6 +25,8 @@
 #include "server/common/memory.h"
 #include "server/common/startup_env.h"
 #include "server/engine/torch_model.h"
+#include "server/preprocess/image.h"
+#include "server/preprocess/resize.h"
 #include "server/repository/model_config.h"
 
 ABSL_FLAG(std::string, model_dir, "", "A model directory of a repository (config.json, <version>/model.pt).");
@@ -37,6 +42,12 @@ ABSL_FLAG(bool, keep_freed_memory, true,
           "glibc's malloc keeps freed activations for the next batch (false: its defaults); no effect when "
           "linked with tcmalloc (care-engine-bench; care-engine-bench-glibc is not).");
 ABSL_FLAG(bool, optimize_for_inference, true, "As care-server's flag of the same name.");
+ABSL_FLAG(double, idle_ms, 0,
+          "Sleep this long between an executor's batches, as a server's engine idles between "
+          "requests at low load (0: back to back).");
+ABSL_FLAG(std::string, image, "",
+          "An image file to feed every batch row, preprocessed as care-server does (default: "
+          "standard-normal noise).");
 ABSL_FLAG(bool, json, false, "One JSON object per batch size, one per line.");
 
 namespace {
@@ -75,6 +86,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const int h = spec->input.height, w = spec->input.width;
+  const double idle_ms = absl::GetFlag(FLAGS_idle_ms);
   std::mt19937 rng(0);
   std::normal_distribution<float> normal;
   for (const auto& text : absl::StrSplit(absl::GetFlag(FLAGS_batch_sizes), ',')) {
@@ -87,6 +99,19 @@ int main(int argc, char** argv) {
     // all-zero inputs can take slow denormal paths a real input never does).
     std::vector<float> input(static_cast<size_t>(batch) * 3 * h * w);
     for (float& v : input) v = normal(rng);
+    if (!absl::GetFlag(FLAGS_image).empty()) {
+      std::ifstream file(absl::GetFlag(FLAGS_image), std::ios::binary);
+      care::vision::v1::Image image;
+      image.set_encoded(std::string(std::istreambuf_iterator<char>(file), {}));
+      auto decoded = careserve::DecodeForInput(image, careserve::DecodeLimits{}, spec->input);
+      if (!decoded.ok()) {
+        std::fprintf(stderr, "error: %s\n", std::string(decoded.status().message()).c_str());
+        return 1;
+      }
+      const careserve::ResizedImage resized =
+          careserve::ResizeForInput(decoded->rgb, spec->input, decoded->source_width, decoded->source_height);
+      for (int i = 0; i < batch; ++i) careserve::NormalizeInto(resized, spec->input, input.data() + i * 3 * h * w);
+    }
     std::vector<std::vector<double>> per(instances);
     std::vector<std::string> errors(instances);
     std::chrono::steady_clock::time_point start;
@@ -106,6 +131,7 @@ int main(int argc, char** argv) {
           return;
         }
         per[i].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
+        if (idle_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(idle_ms));
       }
     };
     std::vector<std::thread> pool;
@@ -123,9 +149,9 @@ int main(int argc, char** argv) {
     const double throughput = ms.size() * batch / total_s;
     if (absl::GetFlag(FLAGS_json)) {
       std::printf("{\"model\": \"%s\", \"batch\": %d, \"threads\": %d, \"instances\": %d, \"optimize\": %s, \"batches\": %zu, "
-                  "\"throughput_ips\": %.3f, \"batch_ms\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"min\": %.3f}}\n",
+                  "\"throughput_ips\": %.3f, \"idle_ms\": %.3f, \"batch_ms\": {\"mean\": %.3f, \"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"min\": %.3f}}\n",
                   spec->name.c_str(), batch, threads, instances, options.optimize ? "true" : "false", ms.size(), throughput,
-                  Percentile(ms, 50), Percentile(ms, 90), Percentile(ms, 99), *std::min_element(ms.begin(), ms.end()));
+                  idle_ms, std::accumulate(ms.begin(), ms.end(), 0.0) / ms.size(), Percentile(ms, 50), Percentile(ms, 90), Percentile(ms, 99), *std::min_element(ms.begin(), ms.end()));
     } else {
       std::printf("%s batch %2d: %8.2f img/s, batch latency p50 %.2f ms p99 %.2f ms (%zu batches, %d threads, %d instances)\n",
                   spec->name.c_str(), batch, throughput, Percentile(ms, 50), Percentile(ms, 99), ms.size(), threads, instances);
