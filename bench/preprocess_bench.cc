@@ -91,11 +91,11 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("decode/224x224_jpeg/for_224_center_crop", Decode, 224, 224, Classification());
   benchmark::RegisterBenchmark("decode/640x480_jpeg/for_224_center_crop", Decode, 640, 480, Classification());
   benchmark::RegisterBenchmark("decode/640x480_jpeg/for_512_letterbox", Decode, 640, 480, Letterbox512());
-  benchmark::RegisterBenchmark("resize/224x224_to_224_center_crop_bicubic", Resize, 224, 224, Classification());
-  benchmark::RegisterBenchmark("resize/640x480_to_224_center_crop_bicubic", Resize, 640, 480, Classification());
-  benchmark::RegisterBenchmark("resize/640x480_to_512_letterbox_bilinear", Resize, 640, 480, Letterbox512());
-  benchmark::RegisterBenchmark("normalize/224", Normalize, Classification());
-  benchmark::RegisterBenchmark("normalize/512", Normalize, Letterbox512());
+  benchmark::RegisterBenchmark("resize/224x224/to_224_center_crop_bicubic", Resize, 224, 224, Classification());
+  benchmark::RegisterBenchmark("resize/640x480/to_224_center_crop_bicubic", Resize, 640, 480, Classification());
+  benchmark::RegisterBenchmark("resize/640x480/to_512_letterbox_bilinear", Resize, 640, 480, Letterbox512());
+  benchmark::RegisterBenchmark("normalize/224x224/into_float_CHW_batch_row", Normalize, Classification());
+  benchmark::RegisterBenchmark("normalize/512x512/into_float_CHW_batch_row", Normalize, Letterbox512());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

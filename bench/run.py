@@ -55,9 +55,13 @@ class Settings:
         # measured `repeats` times (engine variants interleaved) and the median reported.
         self.repeats = 1 if smoke else 3
         # Concurrency-1 latency vs the engine's batch-1 latency: a difference of ~2 ms out of
-        # ~25, smaller than the drift between runs minutes apart, so it is measured in pairs
-        # (engine run, then server run, back to back) and the median difference reported.
-        self.pairs = 1 if smoke else 5
+        # ~20, smaller than the drift between runs minutes apart (and at times within a minute),
+        # so it is measured in many short pairs (engine run, then server run, back to back)
+        # and the median difference reported.
+        self.pairs = 1 if smoke else 9
+        self.pair_engine_seconds = 0.5 if smoke else 2
+        self.pair_duration = 0.5 if smoke else 3
+        self.pair_warmup = 0.3 if smoke else 0.5
         self.out = os.path.join(BUILD, "bench_smoke") if smoke else os.path.join(ROOT, "docs")
         self.plots = os.path.join(self.out, "bench")
         self.repository = os.path.join(BUILD, "smoke_repository" if smoke else "bench_repository")
@@ -99,10 +103,10 @@ STOCK_FLAGS = ["--instances=1", f"--intra_op_threads={CORES}", "--keep_freed_mem
 STOCK_ENV = {"GOMP_SPINCOUNT": "300000"}
 
 
-def engine(settings, model_dir, flags, batches=None, env=None, binary="care-engine-bench"):
+def engine(settings, model_dir, flags, batches=None, env=None, binary="care-engine-bench", seconds=None):
     out = run([os.path.join(BUILD, binary), f"--model_dir={model_dir}",
                f"--batch_sizes={','.join(map(str, batches or settings.batches))}",
-               f"--seconds={settings.engine_seconds}", "--json"] + flags, env=dict(os.environ, **(env or {})))
+               f"--seconds={seconds or settings.engine_seconds}", "--json"] + flags, env=dict(os.environ, **(env or {})))
     return json_lines(out)
 
 
@@ -165,9 +169,10 @@ def load(settings, port, task, model, concurrency, size):
     return median_row(runs, lambda r: r["throughput_rps"])
 
 
-def load_once(settings, port, task, model, concurrency, size):
+def load_once(settings, port, task, model, concurrency, size, duration=None, warmup=None):
     cmd = [os.path.join(BUILD, "care-bench"), f"--server=127.0.0.1:{port}", f"--task={task}",
-           f"--concurrency={concurrency}", f"--duration={settings.duration}", f"--warmup={settings.warmup}",
+           f"--concurrency={concurrency}", f"--duration={duration or settings.duration}",
+           f"--warmup={warmup or settings.warmup}",
            f"--generate={size}", "--json"] + ([f"--model={model}"] if model else [])
     result = json_lines(run(cmd, timeout=600))[0]
     result["command"] = " ".join(["care-bench"] + cmd[1:])
@@ -183,9 +188,11 @@ def paired_c1(settings, server, engine_flags):
     time per request in each stage (from its metrics, warm-up included)."""
     pairs = []
     for _ in range(settings.pairs):
-        e = engine(settings, os.path.join(settings.repository, CLASSIFIER), engine_flags, [1])[0]
+        e = engine(settings, os.path.join(settings.repository, CLASSIFIER), engine_flags, [1],
+                   seconds=settings.pair_engine_seconds)[0]
         before = server.stage_sums(CLASSIFIER)
-        c = load_once(settings, server.port, "classify", CLASSIFIER, 1, "224x224")
+        c = load_once(settings, server.port, "classify", CLASSIFIER, 1, "224x224", settings.pair_duration,
+                      settings.pair_warmup)
         after = server.stage_sums(CLASSIFIER)
         stages = {}
         for stage in STAGES:
@@ -210,6 +217,28 @@ def table_pairs(pairs):
         st = p["stages"]
         lines.append(f"| {i} | {p['engine_ms']:.2f} | {p['server_ms']:.2f} | {p['server_ms'] - p['engine_ms']:+.2f} | "
                      + " | ".join(f"{st[k]:.2f}" for k in STAGES) + f" | {st['lone']:.0f}% |")
+    return lines
+
+
+def preprocess_stages(settings):
+    """care-preprocess-bench: decode, resize and normalise one at a time, on one thread."""
+    photo = os.path.join(BUILD, "samples", "astronaut.jpg")
+    cmd = [os.path.join(BUILD, "care-preprocess-bench"), f"--photo={photo}", "--benchmark_format=json",
+           "--benchmark_repetitions=3", "--benchmark_report_aggregates_only=true"]
+    if settings.smoke:
+        cmd.append("--benchmark_min_time=0.01")
+    rows = [b for b in json.loads(run(cmd))["benchmarks"] if b.get("aggregate_name") == "median"]
+    if not rows:
+        raise RuntimeError("care-preprocess-bench reported nothing")
+    return rows
+
+
+def table_preprocess(rows):
+    lines = ["| stage | input | what | ms (median of 3) |", "|---|---|---|---|"]
+    for r in rows:
+        stage, source, what = r["run_name"].split("/")
+        unit = {"ns": 1e-6, "us": 1e-3, "ms": 1.0}[r["time_unit"]]
+        lines.append(f"| {stage} | {source.replace('_', ' ')} | {what.replace('_', ' ')} | {r['real_time'] * unit:.3f} |")
     return lines
 
 
@@ -346,6 +375,9 @@ def main():
     engine_rows = {name: median_engine(r) for name, r in runs.items()}
     stock_rows = median_engine(stock_runs)
 
+    log("preprocessing stages")
+    preprocess_rows = preprocess_stages(settings)
+
     log("care-server")
     server = Server(settings.repository)
     try:
@@ -447,16 +479,28 @@ def main():
         "### Concurrency 1 against the engine's batch 1, in pairs",
         "",
         "The latency targets compare two numbers ~2 ms apart that each drift by more than that between runs "
-        f"minutes apart on this VM, so they are measured in {settings.pairs} back-to-back pairs: "
+        f"minutes apart on this VM, so they are measured in {settings.pairs} short back-to-back pairs: "
         f"`care-engine-bench` at batch 1 with one runner x {CORES} threads (its fastest batch-1 layout, and the "
-        "one a lone request gets), then at once the same care-bench "
-        "concurrency-1 run as above against the running (otherwise idle) server; the target uses the pair of "
+        f"one a lone request gets) for {settings.pair_engine_seconds} s, then at once the same care-bench "
+        f"concurrency-1 load as above ({settings.pair_warmup} s warm-up, {settings.pair_duration} s) against the "
+        "running (otherwise idle) server; the target uses the pair of "
         "median difference. The server columns are care-server's own mean time per request in each stage, from "
         "its `care_*_duration_seconds` histograms over the care-bench run (inference: the batch, here of one). "
         "What the whole request does not explain is gRPC and the client. The last column: the share of the "
         f"run's batches that ran on {CORES} threads (`care_batches_total`).",
         "",
         *table_pairs(c1_pairs),
+        "",
+        "### Preprocessing, stage by stage",
+        "",
+        "`care-preprocess-bench --photo=build/samples/astronaut.jpg` (Google Benchmark, one thread, warm caches, "
+        "median of 3 repetitions): what the preprocessing thread does for one request, from JPEGs of the same "
+        "photo at care-bench's sizes (quality 90). Decode: libjpeg-turbo straight to RGB, at reduced size where "
+        "the input allows. Resize: center_crop computes only the kept pixels. Normalise: runs on the executor, "
+        "into the batch buffer. In the server these run with cold caches, between forwards "
+        "(`care_preprocess_duration_seconds` above: decode plus resize).",
+        "",
+        *table_preprocess(preprocess_rows),
         "",
         "## care-server with `--engine_runners=1`",
         "",
