@@ -40,7 +40,8 @@ ABSL_FLAG(int, instances, 1,
           "intra_op_threads / instances threads; throughput is their sum.");
 ABSL_FLAG(bool, keep_freed_memory, true,
           "glibc's malloc keeps freed activations for the next batch (false: its defaults); no effect when "
-          "linked with tcmalloc (care-engine-bench; care-engine-bench-glibc is not).");
+          "linked with tcmalloc (care-engine-bench; care-engine-bench-glibc is not), which keeps them "
+          "through TCMALLOC_RELEASE_RATE=0 as care-server does.");
 ABSL_FLAG(bool, optimize_for_inference, true, "As care-server's flag of the same name.");
 ABSL_FLAG(double, idle_ms, 0,
           "Sleep this long between an executor's batches, as a server's engine idles between "
@@ -62,7 +63,7 @@ double Percentile(std::vector<double> v, double p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  careserve::ReexecWith(argv, {careserve::OpenMpSpinCount()});  // as care-server
+  careserve::ReexecWith(argv, {careserve::OpenMpSpinCount(), careserve::TcmallocReleaseRate()});  // as care-server
   absl::SetProgramUsageMessage("care-engine-bench --model_dir=DIR [--batch_sizes=1,4,8,16,32]");
   absl::ParseCommandLine(argc, argv);
   const std::string dir = absl::GetFlag(FLAGS_model_dir);

@@ -229,11 +229,12 @@ int main(int argc, char** argv) {
       "Serves CARE / CAS-ViT models over gRPC.\n"
       "  care-server --model_repository=DIR [--port=50051] [--metrics_port=9091]");
   absl::ParseCommandLine(argc, argv);
-  // libgomp and OpenCV read these when they are loaded: set, they take a re-exec.
+  // libgomp, tcmalloc and OpenCV read these when they are loaded: set, they take a re-exec.
   if (!careserve::ReexecWith(const_cast<char**>(arguments.data()),
-                             {careserve::OpenMpSpinCount(),
+                             {careserve::OpenMpSpinCount(), careserve::TcmallocReleaseRate(),
                               careserve::OpenCvPixelCap(absl::GetFlag(FLAGS_max_image_pixels))})) {
-    careserve::Log(careserve::LogLevel::kWarning, "cannot re-execute with GOMP_SPINCOUNT and OPENCV_IO_MAX_IMAGE_PIXELS set");
+    careserve::Log(careserve::LogLevel::kWarning,
+                   "cannot re-execute with GOMP_SPINCOUNT, TCMALLOC_RELEASE_RATE and OPENCV_IO_MAX_IMAGE_PIXELS set");
   }
   return careserve::Run();
 }

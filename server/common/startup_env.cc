@@ -23,6 +23,8 @@ bool ReexecWith(char** argv, const std::vector<StartupVariable>& variables) {
 
 StartupVariable OpenMpSpinCount() { return {"GOMP_SPINCOUNT", "2000", /*keep_existing=*/true}; }
 
+StartupVariable TcmallocReleaseRate() { return {"TCMALLOC_RELEASE_RATE", "0", /*keep_existing=*/true}; }
+
 StartupVariable OpenCvPixelCap(long long max_pixels) {
   return {"OPENCV_IO_MAX_IMAGE_PIXELS", std::to_string(max_pixels), /*keep_existing=*/false};
 }

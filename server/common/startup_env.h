@@ -30,6 +30,17 @@ bool ReexecWith(char** argv, const std::vector<StartupVariable>& variables);
 // batch 8 unchanged (83-89 ms). See docs/service.md.
 StartupVariable OpenMpSpinCount();
 
+// TCMALLOC_RELEASE_RATE=0 unless the environment sets it: tcmalloc (care-server's malloc)
+// keeps freed pages instead of handing them back to the kernel bit by bit.
+//
+// Why: every batch frees and reallocates its activations; with tcmalloc's default rate (1)
+// some of the freed pages went back to the kernel and the next batch faulted them in again,
+// and a page fault costs ~11 us on this VM (mmap + touch, measured). CARE-S0 224 at
+// concurrency 1: ~13 page faults per request with the default, none with 0 (the server's
+// minflt over 180 requests); care-engine-bench batch 1: 12.7 per batch against 4.6. The
+// resident size stays at its peak, which tcmalloc's default mostly kept anyway.
+StartupVariable TcmallocReleaseRate();
+
 // OPENCV_IO_MAX_IMAGE_PIXELS=`max_pixels`: OpenCV's decoders refuse larger images from
 // their headers, before allocating pixels (its default is 2^30: 3 GiB for an 8-bit colour
 // image). The server's own header checks come first; this covers what they do not read.
