@@ -1,12 +1,12 @@
 #include "server/common/thread_pool.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace careserve {
 
-ThreadPool::ThreadPool(int threads) {
-  if (threads < 1) threads = 1;
-  for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+ThreadPool::ThreadPool(int threads) : size_(std::max(threads, 1)) {
+  for (int i = 0; i < size_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -22,6 +22,18 @@ void ThreadPool::Schedule(absl::AnyInvocable<void() &&> work) {
   queue_.push_back(std::move(work));
 }
 
+bool ThreadPool::RunHereIfIdle(absl::AnyInvocable<void() &&>& work) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ || !queue_.empty() || running_ >= size()) return false;
+    ++running_;
+  }
+  std::move(work)();
+  absl::MutexLock lock(&mu_);
+  --running_;
+  return true;
+}
+
 int ThreadPool::Pending() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int>(queue_.size());
@@ -32,13 +44,19 @@ void ThreadPool::WorkerLoop() {
     absl::AnyInvocable<void() &&> work;
     {
       absl::MutexLock lock(&mu_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); };
+      // A worker whose place a caller has borrowed (RunHereIfIdle) waits, unless stopping.
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return (stopping_ && queue_.empty()) || (!queue_.empty() && (running_ < size() || stopping_));
+      };
       mu_.Await(absl::Condition(&ready));
       if (queue_.empty()) return;  // stopping and drained
       work = std::move(queue_.front());
       queue_.pop_front();
+      ++running_;
     }
     std::move(work)();
+    absl::MutexLock lock(&mu_);
+    --running_;
   }
 }
 

@@ -22,7 +22,13 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   void Schedule(absl::AnyInvocable<void() &&> work);
-  int size() const { return static_cast<int>(workers_.size()); }
+  // Runs `work` on the calling thread, now, if a worker is idle and nothing is queued, and
+  // returns true; the idle worker's place is taken for the time (work scheduled meanwhile
+  // waits as if that worker were busy), so the pool's concurrency stays `size()`.
+  // Otherwise returns false and leaves `work` alone. For short work whose hand-off to a
+  // sleeping worker would cost a noticeable part of it.
+  bool RunHereIfIdle(absl::AnyInvocable<void() &&>& work);
+  int size() const { return size_; }
   // Closures waiting for a worker.
   int Pending() const;
 
@@ -31,7 +37,9 @@ class ThreadPool {
 
   mutable absl::Mutex mu_;
   std::deque<absl::AnyInvocable<void() &&>> queue_ ABSL_GUARDED_BY(mu_);
+  int running_ ABSL_GUARDED_BY(mu_) = 0;  // closures running, on workers or (borrowed) callers
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  const int size_;
   std::vector<std::thread> workers_;
 };
 
