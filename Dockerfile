@@ -23,11 +23,12 @@ RUN make repository MODEL_REPOSITORY=/models CHECKPOINT_DIR=${CHECKPOINT_DIR}
 
 # ---- runtime ----------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
-# Runtime libraries only: LibTorch and its BLAS, tcmalloc, gRPC, protobuf, OpenCV's core, imgproc
-# and imgcodecs, libjpeg-turbo, prometheus-cpp core, Abseil, zlib.
+# Runtime libraries only: LibTorch and its BLAS (OpenBLAS; care-server links its OpenMP
+# build), tcmalloc, gRPC, protobuf, OpenCV's core, imgproc and imgcodecs, libjpeg-turbo,
+# prometheus-cpp core, Abseil, zlib.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libtorch1.13 libopenblas0-pthread libgomp1 libtcmalloc-minimal4 libgrpc++1.51 libgrpc29 libprotobuf32 \
+      libtorch1.13 libopenblas0-pthread libopenblas0-openmp libgomp1 libtcmalloc-minimal4 libgrpc++1.51 libgrpc29 libprotobuf32 \
       libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406 libjpeg62-turbo \
       libprometheus-cpp-core1.0 libabsl20220623 zlib1g ca-certificates \
  && rm -rf /var/lib/apt/lists/*

@@ -513,7 +513,7 @@ def main():
         f"Defaults on this {CORES}-core machine: {CORES} engine runners with one LibTorch thread each (each batch "
         "on one core, as many batches at once as cores), except that a batch running alone (nothing else running "
         f"or waiting) gets all {CORES} cores; one executor per runner for every model; preprocessing threads = half "
-        "the cores; OpenBLAS (matrix products) with the batch's own thread count; GNU OpenMP's idle threads spin "
+        "the cores; OpenBLAS's OpenMP build (matrix products, on the runner's own threads) with the batch's own thread count; GNU OpenMP's idle threads spin "
         "2000 rounds before sleeping (`GOMP_SPINCOUNT`). Override with "
         "`--engine_runners`, `--intra_op_threads`, `--lone_batch_threads`, `--preprocess_threads`, "
         "`batching.instances` and the environment; docs/service.md has the measurements behind the defaults.",

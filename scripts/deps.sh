@@ -5,7 +5,7 @@ set -euo pipefail
 
 BUILD_PKGS=(
   build-essential cmake pkg-config git
-  libtorch-dev python3-torch python3-torchvision libopenblas0-pthread libtcmalloc-minimal4
+  libtorch-dev python3-torch python3-torchvision libopenblas0-pthread libopenblas0-openmp libtcmalloc-minimal4
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libopencv-dev libjpeg62-turbo-dev prometheus-cpp-dev libabsl-dev
   libgtest-dev libgmock-dev libbenchmark-dev

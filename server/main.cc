@@ -174,7 +174,8 @@ int Run() {
        {"intra_op_threads", std::to_string(intra)},
        {"lone_batch_threads", std::to_string(std::max(lone, intra))},
        {"preprocess_threads", std::to_string(pre)},
-       {"torch", TorchVersion()}});
+       {"torch", TorchVersion()},
+       {"blas", BlasLibrary()}});
 
   RepositoryOptions options;
   options.strict = absl::GetFlag(FLAGS_strict);

@@ -188,15 +188,17 @@ class Runners {
   // Runners not idle: running a job, or handed one and waking up.
   int Busy() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return count_ - static_cast<int>(idle_.size()); }
 
-  // OpenBLAS (LibTorch's BLAS here, for matrix products) keeps its own thread pool, one
-  // thread per core by default, whatever the caller's OpenMP setting: two single-threaded
-  // runners each ran their products on both cores, and its idle workers spin for about
-  // 0.1 s after each product. A batch's products get the threads the batch has: one
-  // normally, all of a lone batch's. OpenBLAS's count is process-wide, so the batch that
-  // starts last sets it (a lone batch joined by another continues single-threaded).
-  // Measured (care-engine-bench, CARE-S0 224, two runs each): 2 runners x 1 thread, batch
-  // 8: 91.8/87.8 img/s with OpenBLAS's default, 104.8/99.3 with one thread; one runner x 2
-  // threads, batch 1: p50 20.5/20.1 ms with two, 22.3/22.3 with one.
+  // OpenBLAS (LibTorch's BLAS here, for matrix products) runs a product on as many threads
+  // as its process-wide count says. The server links its OpenMP build (CMakeLists.txt,
+  // care_use_openmp_blas), which takes those threads from the calling runner's OpenMP
+  // team. A batch sets the count to the threads it has: one normally, all of a lone
+  // batch's. The count is process-wide, so the batch that starts last sets it (a lone batch
+  // joined by another continues single-threaded). With the pthread build (the system's
+  // usual libblas.so.3), OpenBLAS keeps a pool of its own whose idle workers spin for ~0.1 s
+  // after each product. Measured (care-engine-bench, CARE-S0 224, two runs each, pthread build): 2
+  // runners x 1 thread, batch 8: 91.8/87.8 img/s with OpenBLAS's default count, 104.8/99.3
+  // with one thread; one runner x 2 threads, batch 1: p50 20.5/20.1 ms with two, 22.3/22.3
+  // with one. docs/service.md (OpenBLAS threads) has the OpenMP build's measurements.
   void SetBlasThreads(int threads) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     using Setter = void (*)(int);
     static const Setter set = reinterpret_cast<Setter>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
@@ -321,5 +323,22 @@ void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads, int
 }
 
 std::string TorchVersion() { return TORCH_VERSION; }
+
+std::string BlasLibrary() {
+  void* sgemm = dlsym(RTLD_DEFAULT, "sgemm_");
+  Dl_info info{};
+  const std::string file = sgemm != nullptr && dladdr(sgemm, &info) != 0 && info.dli_fname != nullptr
+                               ? info.dli_fname
+                               : "-";
+  using Parallel = int (*)();
+  const auto parallel = reinterpret_cast<Parallel>(dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
+  if (parallel == nullptr) return absl::StrCat("unknown ", file);
+  switch (parallel()) {
+    case 0: return absl::StrCat("openblas-sequential ", file);
+    case 1: return absl::StrCat("openblas-pthreads ", file);
+    case 2: return absl::StrCat("openblas-openmp ", file);
+  }
+  return absl::StrCat("openblas ", file);
+}
 
 }  // namespace careserve

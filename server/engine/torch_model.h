@@ -82,4 +82,9 @@ void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads, int
 
 std::string TorchVersion();
 
+// The BLAS LibTorch's matrix products go to: "openblas-openmp <file>" (OpenBLAS's
+// OpenMP build, the one the server links), "openblas-pthreads <file>", or "unknown <file>"
+// for another BLAS; for the startup log.
+std::string BlasLibrary();
+
 }  // namespace careserve

@@ -395,6 +395,17 @@ TEST_F(ServerTest, TheServerRunsWithOpenCvsPixelCapOpenMpsSpinCountAndTcmallocsR
   EXPECT_NE(std::find(variables.begin(), variables.end(), "TCMALLOC_RELEASE_RATE=0"), variables.end());
 }
 
+// LibTorch's matrix products run on OpenBLAS's OpenMP build (the runners' own threads), not
+// on the system's usual pthread build, whose idle workers spin between batches.
+TEST_F(ServerTest, TheServerRunsOpenBlassOpenMpBuildNotThePthreadOne) {
+  const std::string maps = ReadFile("/proc/" + std::to_string(server_->pid()) + "/maps");
+  EXPECT_NE(maps.find("/openblas-openmp/libopenblas"), std::string::npos) << maps;
+  EXPECT_EQ(maps.find("/openblas-pthread/"), std::string::npos) << maps;
+  EXPECT_EQ(maps.find("/blas/libblas.so"), std::string::npos) << maps;  // the reference BLAS
+  // And the startup log says which BLAS it is, as OpenBLAS itself reports it.
+  EXPECT_NE(server_->log().find("blas=\"openblas-openmp /"), std::string::npos) << server_->log();
+}
+
 TEST_F(ServerTest, ARequestAloneRunsOnEveryCore) {
   // --engine_runners=2 --intra_op_threads=1: a batch runs on one core, unless nothing else
   // is running or waiting; then it gets every core (--lone_batch_threads' default).
