@@ -154,6 +154,7 @@ void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image
     void Done() {
       if (scheduler != nullptr) std::exchange(scheduler, nullptr)->Arrived();
     }
+    void EndedBySubmit() { scheduler = nullptr; }
   };
   absl::AnyInvocable<void() &&> preprocess = [this, call, model, image, where,
                                               arrival = Arrival(model->scheduler.get()),
@@ -190,8 +191,10 @@ void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image
     };
     auto request = std::make_unique<InferenceRequest>(std::move(resized), call->deadline(), call->cancelled_flag(),
                                                       std::move(done));
+    // Submit ends the arrival, as the request is queued: the batch this request can join
+    // does not leave without it.
+    arrival.EndedBySubmit();
     absl::Status submitted = model->scheduler->Submit(&request);
-    arrival.Done();  // after Submit: the batch this request can join does not leave without it
     if (!submitted.ok()) {
       call->Answer(absl::Status(submitted.code(), absl::StrCat("model \"", model->spec->name, "\" version ",
                                                                model->version, ": ", submitted.message())));

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -80,8 +81,11 @@ class Batcher {
   Batcher& operator=(const Batcher&) = delete;
 
   // Queues *task and takes it. When refused (queue full, or stopped) returns the reason and
-  // leaves *task with the caller, so it can answer at once.
-  absl::Status Submit(std::unique_ptr<Task>* task) {
+  // leaves *task with the caller, so it can answer at once. `on_queued` runs once the task
+  // is queued, before any executor can see it (under the batcher's lock): the place to
+  // update what MoreComing reads, so that an executor woken by this task does not find it
+  // still coming and wait for it.
+  absl::Status Submit(std::unique_ptr<Task>* task, absl::FunctionRef<void()> on_queued = [] {}) {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("the batcher is stopping");
     if (static_cast<int>(queue_.size()) >= options_.queue_capacity) {
@@ -89,6 +93,7 @@ class Batcher {
           absl::StrCat("queue full: ", options_.queue_capacity, " requests already waiting"));
     }
     queue_.push_back({std::move(*task), clock_->Now()});
+    on_queued();
     cv_.Signal();
     return absl::OkStatus();
   }

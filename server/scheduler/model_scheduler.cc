@@ -26,7 +26,12 @@ ModelScheduler::~ModelScheduler() { Stop(); }
 void ModelScheduler::Stop() { batcher_->Stop(); }
 
 absl::Status ModelScheduler::Submit(std::unique_ptr<InferenceRequest>* request) {
-  absl::Status status = batcher_->Submit(request);
+  // The request stops arriving as it is queued, under the batcher's lock. Ended after
+  // Submit instead, an executor woken by the submission (often on the submitting thread's
+  // core, ahead of it) found the request still arriving, went back to wait for it, and
+  // was woken again by Arrived: two wake-ups for one request.
+  absl::Status status = batcher_->Submit(request, [this] { arriving_.fetch_sub(1); });
+  if (!status.ok()) Arrived();
   metrics_->queue_depth->Set(batcher_->QueueDepth());
   return status;
 }

@@ -51,7 +51,8 @@ class ModelScheduler {
   ~ModelScheduler();
 
   // Queues *request (taking it), or returns why not (RESOURCE_EXHAUSTED when the queue is
-  // full, UNAVAILABLE when stopping) and leaves it with the caller.
+  // full, UNAVAILABLE when stopping) and leaves it with the caller. Either way it ends the
+  // request's admission (see Admit): do not call Arrived for it as well.
   absl::Status Submit(std::unique_ptr<InferenceRequest>* request);
 
   // Runs `runs` all-zero batches of 1 and of max_batch_size images and checks the outputs
@@ -68,7 +69,8 @@ class ModelScheduler {
   // admitted requests stays bounded by the queue. An admitted request is arriving: the
   // batcher waits for it (up to max_queue_delay) rather than run a partial batch without it.
   absl::Status Admit();
-  // It was submitted, or will never be (answered early). Call exactly once per admission.
+  // It will never be submitted (answered early). Call at most once per admission, and not
+  // for one that went to Submit.
   void Arrived() {
     if (arriving_.fetch_sub(1) == 1) batcher_->Wake();
   }

@@ -155,6 +155,41 @@ TEST(BatcherTest, PartialBatchRunsAtOnceWhenNothingMoreIsComing) {
   EXPECT_EQ(rec.batches()[1], std::vector<int>{2});
 }
 
+TEST(BatcherTest, ATaskThatStopsArrivingAsItIsQueuedRunsWithoutAWake) {
+  // The last task on its way is queued and stops arriving in one step (Submit's on_queued,
+  // under the batcher's lock): an executor must not see it queued but still coming, which
+  // would leave the partial batch waiting out the delay (here an hour the clock never
+  // reaches) unless someone called Wake.
+  FakeClock clock;
+  Recorder rec;
+  absl::Status failure;
+  std::atomic<int> arriving{1};
+  Batcher<FakeTask> batcher(
+      Options(4, absl::Hours(1)), [&](auto b) { rec.Run(std::move(b)); }, &clock,
+      [&] { return arriving.load() > 0; });
+  auto task = Task(0, &failure);
+  ASSERT_TRUE(batcher
+                  .Submit(&task,
+                          [&] {
+                            absl::SleepFor(absl::Milliseconds(50));  // time for an executor to look
+                            --arriving;
+                          })
+                  .ok());
+  ASSERT_TRUE(rec.AwaitBatches(1));
+  EXPECT_EQ(rec.batches(), (std::vector<std::vector<int>>{{0}}));
+
+  // Refused (queue full), the task is not queued and on_queued does not run.
+  Batcher<FakeTask> full(
+      Options(4, absl::Hours(1), /*capacity=*/1), [&](auto b) { rec.Run(std::move(b)); }, &clock,
+      [] { return true; });
+  auto first = Task(1, &failure), second = Task(2, &failure);
+  ASSERT_TRUE(full.Submit(&first).ok());
+  bool ran = false;
+  EXPECT_EQ(full.Submit(&second, [&] { ran = true; }).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(ran);
+  EXPECT_NE(second, nullptr);
+}
+
 TEST(BatcherTest, FullQueueIsRefusedAtOnceAndTheTaskStaysWithTheCaller) {
   FakeClock clock;
   Recorder rec;
