@@ -62,6 +62,13 @@ class Settings:
         self.pair_engine_seconds = 0.5 if smoke else 2
         self.pair_duration = 0.5 if smoke else 3
         self.pair_warmup = 0.3 if smoke else 0.5
+        # Saturated throughput vs the engine ceiling: ~10% apart, and the ceiling measured
+        # minutes before the server moves by as much, so also in back-to-back pairs: the
+        # ceiling's best layout and batch, then the server at the highest concurrency.
+        self.saturation_pairs = 1 if smoke else 5
+        self.saturation_engine_seconds = 0.5 if smoke else 3
+        self.saturation_duration = 0.5 if smoke else 4
+        self.saturation_warmup = 0.3 if smoke else 1.5
         self.out = os.path.join(BUILD, "bench_smoke") if smoke else os.path.join(ROOT, "docs")
         self.plots = os.path.join(self.out, "bench")
         self.repository = os.path.join(BUILD, "smoke_repository" if smoke else "bench_repository")
@@ -204,6 +211,35 @@ def paired_c1(settings, server, engine_flags):
     return pairs
 
 
+def paired_saturation(settings, server, engine_flags, batch):
+    """Alternates care-engine-bench (engine_flags, one batch size) and care-bench at the highest
+    concurrency against the running, otherwise idle server: per pair the engine's img/s and the
+    server's requests/s."""
+    pairs = []
+    concurrency = max(settings.concurrency)
+    for _ in range(settings.saturation_pairs):
+        e = engine(settings, os.path.join(settings.repository, CLASSIFIER), engine_flags, [batch],
+                   seconds=settings.saturation_engine_seconds)[0]
+        c = load_once(settings, server.port, "classify", CLASSIFIER, concurrency, "224x224",
+                      settings.saturation_duration, settings.saturation_warmup)
+        pairs.append({"engine_ips": e["throughput_ips"], "server_rps": c["throughput_rps"],
+                      "errors": sum(c["errors"].values())})
+    return pairs
+
+
+def median_saturation_pair(pairs):
+    """The pair of median ratio (server / engine)."""
+    return sorted(pairs, key=lambda p: p["server_rps"] / p["engine_ips"])[len(pairs) // 2]
+
+
+def table_saturation(pairs):
+    lines = ["| pair | engine img/s | server requests/s | server / engine | errors |", "|---|---|---|---|---|"]
+    for i, p in enumerate(pairs, 1):
+        lines.append(f"| {i} | {p['engine_ips']:.1f} | {p['server_rps']:.1f} | "
+                     f"{100 * p['server_rps'] / p['engine_ips']:.0f}% | {p['errors']} |")
+    return lines
+
+
 def median_pair(pairs):
     """The pair of median difference (server - engine)."""
     return sorted(pairs, key=lambda p: p["server_ms"] - p["engine_ms"])[len(pairs) // 2]
@@ -323,12 +359,18 @@ def table_load(rows):
     return lines
 
 
-def targets(engine, stock_rows, classify_rows, baseline_rows, c1_pairs):
-    best = max((r for rows in (engine["runners"], engine["one_runner"]) for r in rows),
-               key=lambda r: r["throughput_ips"])
+def ceiling_best(engine):
+    """(layout name, row) of the engine ceiling's best throughput."""
+    return max(((name, r) for name, rows in engine.items() for r in rows), key=lambda x: x[1]["throughput_ips"])
+
+
+def targets(engine, stock_rows, classify_rows, baseline_rows, c1_pairs, saturation_pairs):
+    _, best = ceiling_best(engine)
     ceiling = best["throughput_ips"]
     stock = max(r["throughput_ips"] for r in stock_rows)
     saturated = max(r["throughput_rps"] for r in classify_rows)
+    sat = median_saturation_pair(saturation_pairs)
+    sat_ratio = sat["server_rps"] / sat["engine_ips"]
 
     def paired(pairs):
         m = median_pair(pairs)
@@ -340,9 +382,12 @@ def targets(engine, stock_rows, classify_rows, baseline_rows, c1_pairs):
     base = {r["concurrency"]: r["throughput_rps"] for r in baseline_rows}
     c = 16 if 16 in at and 16 in base else max(set(at) & set(base))
     rows = [
-        ("saturated server throughput >= 90% of the engine ceiling's best",
-         f"{saturated:.1f} vs {ceiling:.1f} img/s ({best['instances']} x {best['threads'] // best['instances']} "
-         f"thread(s), batch {best['batch']}) = {100 * saturated / ceiling:.0f}%", saturated >= 0.9 * ceiling),
+        ("saturated server throughput >= 90% of the engine ceiling's best (engine: its best layout and batch; "
+         "server: the highest concurrency; measured back to back)",
+         f"{sat['server_rps']:.1f} vs {sat['engine_ips']:.1f} img/s ({best['instances']} x "
+         f"{best['threads'] // best['instances']} thread(s), batch {best['batch']}) = {100 * sat_ratio:.0f}% "
+         f"(median of {len(saturation_pairs)} back-to-back pairs; the sweeps below, minutes apart: {saturated:.1f} vs "
+         f"{ceiling:.1f} = {100 * saturated / ceiling:.0f}%)", sat_ratio >= 0.9),
         ("p50 latency at concurrency 1 <= engine batch-1 latency + 2 ms (a lone request runs with all cores; "
          "engine: its fastest batch-1 layout, one runner x all threads)", *paired(c1_pairs)),
         (f">= 2x the Python baseline's throughput at concurrency {c}",
@@ -397,6 +442,10 @@ def main():
         rss_after = server.rss_bytes()
         log("classify 224x224 concurrency 1 paired with the engine at batch 1")
         c1_pairs = paired_c1(settings, server, ENGINE_LAYOUTS[1][1])
+        best_layout, best_row = ceiling_best(engine_rows)
+        log(f"classify 224x224 concurrency {max(settings.concurrency)} paired with the engine ceiling's best")
+        saturation_pairs = paired_saturation(settings, server, {n: f for n, f, _ in ENGINE_LAYOUTS}[best_layout],
+                                             best_row["batch"])
     finally:
         server.stop()
     log("care-server --engine_runners=1")
@@ -438,7 +487,8 @@ def main():
         "",
         "## Targets (CARE-S0, 224x224 JPEG Classify)",
         "",
-        *targets(engine_rows, stock_rows, results[("classify", "224x224")], baseline_rows, c1_pairs),
+        *targets(engine_rows, stock_rows, results[("classify", "224x224")], baseline_rows, c1_pairs,
+                 saturation_pairs),
         "",
         "## Engine ceiling: in-process LibTorch, no server",
         "",
@@ -490,6 +540,17 @@ def main():
         f"run's batches that ran on {CORES} threads (`care_batches_total`).",
         "",
         *table_pairs(c1_pairs),
+        "",
+        "### Saturation against the engine ceiling, in pairs",
+        "",
+        "Saturated throughput and the engine ceiling are ~10% apart, and the sweeps above measure them minutes "
+        f"apart, between which this VM's speed moves by as much; so the target uses {settings.saturation_pairs} "
+        f"back-to-back pairs: `care-engine-bench` with the ceiling's best layout and batch size "
+        f"({settings.saturation_engine_seconds} s), then at once care-bench at concurrency "
+        f"{max(settings.concurrency)} ({settings.saturation_warmup} s warm-up, {settings.saturation_duration} s) "
+        "against the running server; the target uses the pair of median ratio.",
+        "",
+        *table_saturation(saturation_pairs),
         "",
         "### Preprocessing, stage by stage",
         "",
