@@ -227,11 +227,6 @@ def paired_saturation(settings, server, engine_flags, batch):
     return pairs
 
 
-def median_saturation_pair(pairs):
-    """The pair of median ratio (server / engine)."""
-    return sorted(pairs, key=lambda p: p["server_rps"] / p["engine_ips"])[len(pairs) // 2]
-
-
 def table_saturation(pairs):
     lines = ["| pair | engine img/s | server requests/s | server / engine | errors |", "|---|---|---|---|---|"]
     for i, p in enumerate(pairs, 1):
@@ -240,9 +235,9 @@ def table_saturation(pairs):
     return lines
 
 
-def median_pair(pairs):
-    """The pair of median difference (server - engine)."""
-    return sorted(pairs, key=lambda p: p["server_ms"] - p["engine_ms"])[len(pairs) // 2]
+def median_pair(pairs, key):
+    """The pair of median key(pair): server - engine latency, server / engine throughput."""
+    return sorted(pairs, key=key)[len(pairs) // 2]
 
 
 def table_pairs(pairs):
@@ -369,11 +364,11 @@ def targets(engine, stock_rows, classify_rows, baseline_rows, c1_pairs, saturati
     ceiling = best["throughput_ips"]
     stock = max(r["throughput_ips"] for r in stock_rows)
     saturated = max(r["throughput_rps"] for r in classify_rows)
-    sat = median_saturation_pair(saturation_pairs)
+    sat = median_pair(saturation_pairs, lambda p: p["server_rps"] / p["engine_ips"])
     sat_ratio = sat["server_rps"] / sat["engine_ips"]
 
     def paired(pairs):
-        m = median_pair(pairs)
+        m = median_pair(pairs, lambda p: p["server_ms"] - p["engine_ms"])
         difference = m["server_ms"] - m["engine_ms"]
         return (f"{m['server_ms']:.1f} ms vs {m['engine_ms']:.1f} ms: {difference:+.2f} ms "
                 f"(median of {len(pairs)} back-to-back pairs)", difference <= 2)
@@ -574,7 +569,8 @@ def main():
         f"Defaults on this {CORES}-core machine: {CORES} engine runners with one LibTorch thread each (each batch "
         "on one core, as many batches at once as cores), except that a batch running alone (nothing else running "
         f"or waiting) gets all {CORES} cores; one executor per runner for every model; preprocessing threads = half "
-        "the cores; OpenBLAS's OpenMP build (matrix products, on the runner's own threads) with the batch's own thread count; GNU OpenMP's idle threads spin "
+        "the cores; OpenBLAS's OpenMP build (matrix products, on the runner's own threads) with the batch's own "
+        "thread count; GNU OpenMP's idle threads spin "
         "2000 rounds before sleeping (`GOMP_SPINCOUNT`). Override with "
         "`--engine_runners`, `--intra_op_threads`, `--lone_batch_threads`, `--preprocess_threads`, "
         "`batching.instances` and the environment; docs/service.md has the measurements behind the defaults.",

@@ -195,10 +195,10 @@ class Runners {
   // batch's. The count is process-wide, so the batch that starts last sets it (a lone batch
   // joined by another continues single-threaded). With the pthread build (the system's
   // usual libblas.so.3), OpenBLAS keeps a pool of its own whose idle workers spin for ~0.1 s
-  // after each product. Measured (care-engine-bench, CARE-S0 224, two runs each, pthread build): 2
-  // runners x 1 thread, batch 8: 91.8/87.8 img/s with OpenBLAS's default count, 104.8/99.3
-  // with one thread; one runner x 2 threads, batch 1: p50 20.5/20.1 ms with two, 22.3/22.3
-  // with one. docs/service.md (OpenBLAS threads) has the OpenMP build's measurements.
+  // after each product. Measured (care-engine-bench, CARE-S0 224, two runs each, pthread
+  // build): 2 runners x 1 thread, batch 8: 91.8/87.8 img/s with OpenBLAS's default count,
+  // 104.8/99.3 with one thread; one runner x 2 threads, batch 1: p50 20.5/20.1 ms with two,
+  // 22.3/22.3 with one. docs/service.md (OpenBLAS threads) has the OpenMP build's numbers.
   void SetBlasThreads(int threads) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     using Setter = void (*)(int);
     static const Setter set = reinterpret_cast<Setter>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
