@@ -133,7 +133,7 @@ int Run() {
     metrics_port = metrics_endpoint->port();
   }
 
-  ThreadPool preprocess(pre);
+  ThreadPool preprocess(pre, "care-preprocess");
   DecodeLimits decode_limits;
   decode_limits.max_pixels = max_pixels;
   decode_limits.reduced_jpeg_decode = absl::GetFlag(FLAGS_reduced_jpeg_decode);

@@ -11,8 +11,11 @@
 //   void Fail(absl::Status status);  // the batcher drops the task with this status
 #pragma once
 
+#include <pthread.h>
+
 #include <functional>
 #include <memory>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -35,6 +38,8 @@ struct BatchOptions {
   int queue_capacity = 256;
   // Batches run in parallel (executor threads).
   int instances = 1;
+  // The executor threads' name (what `top -H` shows; 15 characters kept), if not empty.
+  std::string thread_name;
 
   absl::Status Validate() const {
     if (max_batch_size < 1)
@@ -71,7 +76,14 @@ class Batcher {
   Batcher(BatchOptions options, RunBatch run_batch, Clock* clock = RealClock::Get(), MoreComing more_coming = nullptr)
       : options_(options), run_batch_(std::move(run_batch)), clock_(clock), more_coming_(std::move(more_coming)) {
     queue_.reserve(options_.queue_capacity);
-    for (int i = 0; i < options_.instances; ++i) executors_.emplace_back([this] { ExecutorLoop(); });
+    for (int i = 0; i < options_.instances; ++i) {
+      executors_.emplace_back([this] {
+        if (!options_.thread_name.empty()) {
+          pthread_setname_np(pthread_self(), options_.thread_name.substr(0, 15).c_str());
+        }
+        ExecutorLoop();
+      });
+    }
   }
 
   // Runs what is queued, then stops the executors.

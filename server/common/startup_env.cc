@@ -1,5 +1,6 @@
 #include "server/common/startup_env.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -17,8 +18,22 @@ bool ReexecWith(char** argv, const std::vector<StartupVariable>& variables) {
     changed = true;
   }
   if (!changed) return true;
+  // The program's own path rather than /proc/self/exe: the kernel names the process after
+  // the file it executes, and `top`, `pidof care-server` and process exporters would
+  // otherwise see "exe".
+  char path[4096];
+  const ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+  if (n > 0) {
+    path[n] = '\0';
+    execv(path, argv);  // fails if the file was replaced or removed since: then as below
+  }
   execv("/proc/self/exe", argv);
   return false;  // exec failed: going on without them
+}
+
+void NameThisThread(const std::string& name) {
+  // Linux keeps 15 characters; longer names are cut, not refused.
+  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
 }
 
 StartupVariable OpenMpSpinCount() { return {"GOMP_SPINCOUNT", "2000", /*keep_existing=*/true}; }

@@ -15,10 +15,14 @@ struct StartupVariable {
 };
 
 // If the environment does not already hold `variables`, sets them and re-executes the
-// program (/proc/self/exe, same pid and arguments) so the libraries read them at load;
+// program (its own file, same pid and arguments) so the libraries read them at load;
 // in the re-executed program they hold, and this returns. Call it before starting any
 // thread. If exec fails, the program goes on without them (the return value says so).
 bool ReexecWith(char** argv, const std::vector<StartupVariable>& variables);
+
+// Names the calling thread (what `top -H`, `ps -L`, perf and gdb show; at most 15
+// characters are kept). Threads it starts, OpenMP's team threads included, inherit it.
+void NameThisThread(const std::string& name);
 
 // GOMP_SPINCOUNT=2000 unless the environment sets it: how long GNU OpenMP's idle team
 // threads spin before they sleep, for processes that run LibTorch.

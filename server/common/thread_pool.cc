@@ -3,10 +3,17 @@
 #include <algorithm>
 #include <utility>
 
+#include "server/common/startup_env.h"
+
 namespace careserve {
 
-ThreadPool::ThreadPool(int threads) : size_(std::max(threads, 1)) {
-  for (int i = 0; i < size_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+ThreadPool::ThreadPool(int threads, std::string name) : size_(std::max(threads, 1)) {
+  for (int i = 0; i < size_; ++i) {
+    workers_.emplace_back([this, name] {
+      if (!name.empty()) NameThisThread(name);
+      WorkerLoop();
+    });
+  }
 }
 
 ThreadPool::~ThreadPool() {

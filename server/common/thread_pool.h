@@ -14,7 +14,8 @@ namespace careserve {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int threads);
+  // Workers are named `name` (see NameThisThread), unless it is empty.
+  explicit ThreadPool(int threads, std::string name = "");
   // Runs what is queued, then joins the workers.
   ~ThreadPool();
 

@@ -1,6 +1,7 @@
 #include "server/engine/torch_model.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <deque>
@@ -130,6 +131,8 @@ class Runners {
       threads = per_runner_threads_;
     }
     at::globalContext().setFlushDenormal(true);  // MXCSR is per thread
+    // Named for `top -H` and perf; its OpenMP team threads inherit the name.
+    pthread_setname_np(pthread_self(), absl::StrCat("care-runner-", index).c_str());
     SetThreadIntraOpThreads(threads);
     int current = threads;
     Job job;

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -58,7 +59,10 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
 
 MetricsEndpoint::MetricsEndpoint(int fd, int port, std::vector<std::shared_ptr<prometheus::Collectable>> collectables)
     : listen_fd_(fd), port_(port), collectables_(std::move(collectables)) {
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "care-metrics");
+    Loop();
+  });
 }
 
 MetricsEndpoint::~MetricsEndpoint() {

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -23,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
@@ -404,6 +406,28 @@ TEST_F(ServerTest, TheServerRunsOpenBlassOpenMpBuildNotThePthreadOne) {
   EXPECT_EQ(maps.find("/blas/libblas.so"), std::string::npos) << maps;  // the reference BLAS
   // And the startup log says which BLAS it is, as OpenBLAS itself reports it.
   EXPECT_NE(server_->log().find("blas=\"openblas-openmp /"), std::string::npos) << server_->log();
+}
+
+// The server re-executes itself at start (GOMP_SPINCOUNT, TCMALLOC_RELEASE_RATE); the
+// process must still be called care-server (`pidof care-server`, `top`, process exporters
+// go by that name), and its own threads carry names that say what they do.
+TEST_F(ServerTest, ItsProcessAndItsThreadsAreNamedForTopAndPidof) {
+  const std::string proc = "/proc/" + std::to_string(server_->pid());
+  EXPECT_EQ(ReadFile(proc + "/comm"), "care-server\n");
+  std::map<std::string, int> threads;
+  for (const auto& task : std::filesystem::directory_iterator(proc + "/task")) {
+    std::string name = ReadFile(task.path().string() + "/comm");
+    if (!name.empty() && name.back() == '\n') name.pop_back();
+    ++threads[name];
+  }
+  std::string all;
+  for (const auto& [name, n] : threads) all += absl::StrCat(name, " x", n, "\n");
+  EXPECT_GE(threads["care-runner-0"], 1) << all;
+  EXPECT_GE(threads["care-batch"], 1) << all;
+  EXPECT_GE(threads["care-preprocess"], 1) << all;
+  EXPECT_EQ(threads["care-metrics"], 1) << all;
+  // Every other thread is the main one or gRPC's (which names its own).
+  EXPECT_EQ(threads["exe"], 0) << all;
 }
 
 TEST_F(ServerTest, ARequestAloneRunsOnEveryCore) {
