@@ -542,7 +542,8 @@ def main():
         f"concurrency-1 load as above ({settings.pair_warmup} s warm-up, {settings.pair_duration} s) against the "
         "running (otherwise idle) server, in turn, starting and ending with the engine; each server run is "
         "compared with the mean of the engine runs just before and after it (a steady drift of the VM's speed "
-        "cancels out), and the target uses the pair of median difference. The server columns are care-server's own mean time per request in each stage, from "
+        "cancels out), and the target uses the pair of median difference. The server columns are care-server's "
+        "own mean time per request in each stage, from "
         "its `care_*_duration_seconds` histograms over the care-bench run (inference: the batch, here of one). "
         "What the whole request does not explain is gRPC and the client. The last column: the share of the "
         f"run's batches that ran on {CORES} threads (`care_batches_total`).",

@@ -11,11 +11,8 @@
 //   void Fail(absl::Status status);  // the batcher drops the task with this status
 #pragma once
 
-#include <pthread.h>
-
 #include <functional>
 #include <memory>
-#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -26,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/batching/clock.h"
+#include "server/common/thread_name.h"
 
 namespace careserve {
 
@@ -38,8 +36,6 @@ struct BatchOptions {
   int queue_capacity = 256;
   // Batches run in parallel (executor threads).
   int instances = 1;
-  // The executor threads' name (what `top -H` shows; 15 characters kept), if not empty.
-  std::string thread_name;
 
   absl::Status Validate() const {
     if (max_batch_size < 1)
@@ -78,9 +74,7 @@ class Batcher {
     queue_.reserve(options_.queue_capacity);
     for (int i = 0; i < options_.instances; ++i) {
       executors_.emplace_back([this] {
-        if (!options_.thread_name.empty()) {
-          pthread_setname_np(pthread_self(), options_.thread_name.substr(0, 15).c_str());
-        }
+        NameThisThread("care-batch");
         ExecutorLoop();
       });
     }

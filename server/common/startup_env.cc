@@ -1,6 +1,5 @@
 #include "server/common/startup_env.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -29,11 +28,6 @@ bool ReexecWith(char** argv, const std::vector<StartupVariable>& variables) {
   }
   execv("/proc/self/exe", argv);
   return false;  // exec failed: going on without them
-}
-
-void NameThisThread(const std::string& name) {
-  // Linux keeps 15 characters; longer names are cut, not refused.
-  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
 }
 
 StartupVariable OpenMpSpinCount() { return {"GOMP_SPINCOUNT", "2000", /*keep_existing=*/true}; }

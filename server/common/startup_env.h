@@ -20,10 +20,6 @@ struct StartupVariable {
 // thread. If exec fails, the program goes on without them (the return value says so).
 bool ReexecWith(char** argv, const std::vector<StartupVariable>& variables);
 
-// Names the calling thread (what `top -H`, `ps -L`, perf and gdb show; at most 15
-// characters are kept). Threads it starts, OpenMP's team threads included, inherit it.
-void NameThisThread(const std::string& name);
-
 // GOMP_SPINCOUNT=2000 unless the environment sets it: how long GNU OpenMP's idle team
 // threads spin before they sleep, for processes that run LibTorch.
 //

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <utility>
 
-#include "server/common/startup_env.h"
+#include "server/common/thread_name.h"
 
 namespace careserve {
 

@@ -1,7 +1,6 @@
 #include "server/engine/torch_model.h"
 
 #include <dlfcn.h>
-#include <pthread.h>
 
 #include <algorithm>
 #include <deque>
@@ -15,6 +14,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/strings/str_join.h"
+#include "server/common/thread_name.h"
 #include "torch/script.h"
 #include "ATen/Parallel.h"
 #include <omp.h>
@@ -132,7 +132,7 @@ class Runners {
     }
     at::globalContext().setFlushDenormal(true);  // MXCSR is per thread
     // Named for `top -H` and perf; its OpenMP team threads inherit the name.
-    pthread_setname_np(pthread_self(), absl::StrCat("care-runner-", index).c_str());
+    NameThisThread(absl::StrCat("care-runner-", index));
     SetThreadIntraOpThreads(threads);
     int current = threads;
     Job job;

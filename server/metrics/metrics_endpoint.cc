@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/text_serializer.h"
+#include "server/common/thread_name.h"
 
 namespace careserve {
 namespace {
@@ -60,7 +60,7 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
 MetricsEndpoint::MetricsEndpoint(int fd, int port, std::vector<std::shared_ptr<prometheus::Collectable>> collectables)
     : listen_fd_(fd), port_(port), collectables_(std::move(collectables)) {
   thread_ = std::thread([this] {
-    pthread_setname_np(pthread_self(), "care-metrics");
+    NameThisThread("care-metrics");
     Loop();
   });
 }

@@ -16,10 +16,8 @@ std::string ShapeText(const std::vector<int64_t>& shape) { return absl::StrCat("
 ModelScheduler::ModelScheduler(const ModelSpec& spec, const TorchModel* model, ModelMetrics* metrics)
     : spec_(spec), model_(model), metrics_(metrics) {
   metrics_->queue_capacity->Set(spec_.batching.queue_capacity);
-  BatchOptions batching = spec_.batching;
-  batching.thread_name = "care-batch";
   batcher_ = std::make_unique<Batcher<InferenceRequest>>(
-      batching, [this](Batch batch) { RunBatch(std::move(batch)); }, RealClock::Get(),
+      spec_.batching, [this](Batch batch) { RunBatch(std::move(batch)); }, RealClock::Get(),
       [this] { return arriving_.load() > 0; });
 }
 
