@@ -27,9 +27,9 @@ bool ReexecWith(char** argv, const std::vector<StartupVariable>& variables);
 // that the next batch on another runner needs. Measured with care-bench against care-server
 // (2026-12-02): libgomp's default 300000 (~8 ms of spinning here) against 2000, concurrency
 // 2 p50 +2.04 ms, concurrency 4 +2.27 ms (-0.11 in a second run), 2-3% fewer requests/s;
-// at concurrency 1 it was 0.6-1.5 ms faster on a loaded host and the same on a calm one. (First measured on an
-// earlier host with OpenBLAS's pthread build: batch 1 p50 22.4-24.0 ms with 300000 and
-// 1000000 against 19.4-19.9 with 2000.) See docs/service.md.
+// at concurrency 1 it was 0.6-1.5 ms faster on a loaded host and the same on a calm one.
+// (First measured on an earlier host with OpenBLAS's pthread build: batch 1 p50 22.4-24.0
+// ms with 300000 and 1000000 against 19.4-19.9 with 2000.) See docs/service.md.
 StartupVariable OpenMpSpinCount();
 
 // TCMALLOC_RELEASE_RATE=0 unless the environment sets it: tcmalloc (care-server's malloc)
