@@ -43,6 +43,9 @@ ABSL_FLAG(bool, keep_freed_memory, true,
           "linked with tcmalloc (care-engine-bench; care-engine-bench-glibc is not), which keeps them "
           "through TCMALLOC_RELEASE_RATE=0 as care-server does.");
 ABSL_FLAG(bool, optimize_for_inference, true, "As care-server's flag of the same name.");
+ABSL_FLAG(int, lone_batch_spin_us, 5000,
+          "As care-server's flag of the same name: with one instance on several threads, its threads stay "
+          "awake this long after a batch for the next one (0: they sleep at once).");
 ABSL_FLAG(double, idle_ms, 0,
           "Sleep this long between an executor's batches, as a server's engine idles between "
           "requests at low load (0: back to back).");
@@ -77,7 +80,8 @@ int main(int argc, char** argv) {
   const int instances = std::max(1, absl::GetFlag(FLAGS_instances));
   const int per_instance = std::max(1, threads / instances);
   if (absl::GetFlag(FLAGS_keep_freed_memory)) careserve::KeepFreedMemory();
-  careserve::ConfigureTorch(per_instance, instances, 1, per_instance);
+  careserve::ConfigureTorch(per_instance, instances, 1, per_instance,
+                            std::max(0, absl::GetFlag(FLAGS_lone_batch_spin_us)));
   careserve::EngineOptions options;
   options.optimize = absl::GetFlag(FLAGS_optimize_for_inference);
   const std::string path = absl::StrCat(dir, "/", absl::GetFlag(FLAGS_version), "/model.pt");

@@ -104,7 +104,7 @@ ENGINE_LAYOUTS = [
     # --engine_runners=1, and what a lone batch gets with the defaults (--lone_batch_threads)
     ("one_runner", ["--instances=1", f"--intra_op_threads={CORES}"], None),
 ]
-STOCK_FLAGS = ["--instances=1", f"--intra_op_threads={CORES}", "--keep_freed_memory=false"]
+STOCK_FLAGS = ["--instances=1", f"--intra_op_threads={CORES}", "--keep_freed_memory=false", "--lone_batch_spin_us=0"]
 # libgomp's own spin count (care-engine-bench, like care-server, sets 2000 unless the
 # environment says otherwise).
 STOCK_ENV = {"GOMP_SPINCOUNT": "300000"}
@@ -582,11 +582,13 @@ def main():
         "",
         f"Defaults on this {CORES}-core machine: {CORES} engine runners with one LibTorch thread each (each batch "
         "on one core, as many batches at once as cores), except that a batch running alone (nothing else running "
-        f"or waiting) gets all {CORES} cores; one executor per runner for every model; preprocessing threads = half "
+        f"or waiting) gets all {CORES} cores, which then stay awake (spinning, yielding) for up to 5 ms until the "
+        "next batch comes; one executor per runner for every model; preprocessing threads = half "
         "the cores; OpenBLAS's OpenMP build (matrix products, on the runner's own threads) with the batch's own "
         "thread count; GNU OpenMP's idle threads spin "
         "2000 rounds before sleeping (`GOMP_SPINCOUNT`). Override with "
-        "`--engine_runners`, `--intra_op_threads`, `--lone_batch_threads`, `--preprocess_threads`, "
+        "`--engine_runners`, `--intra_op_threads`, `--lone_batch_threads`, `--lone_batch_spin_us`, "
+        "`--preprocess_threads`, "
         "`batching.instances` and the environment; docs/service.md has the measurements behind the defaults.",
         "",
         "## Python baseline",

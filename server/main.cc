@@ -50,6 +50,11 @@ ABSL_FLAG(int, lone_batch_threads, 0,
           "Intra-op threads for a batch that runs alone (no other batch running or waiting), e.g. every "
           "request at concurrency 1 (0: one per core; 1, or at most --intra_op_threads: the same as any "
           "batch).");
+ABSL_FLAG(int, lone_batch_spin_us, 5000,
+          "After a batch that ran alone on several threads, those threads stay awake (spinning, yielding to "
+          "any other thread) until the next batch is submitted or this many microseconds pass, instead of "
+          "sleeping at once: a concurrency-1 request then starts on awake cores (0: off; it costs idle CPU "
+          "time, so consider 0 under a CPU limit below the cores; at most 1000000).");
 ABSL_FLAG(int, inter_op_threads, 1, "LibTorch inter-op threads (the models here have no parallel branches).");
 ABSL_FLAG(int, preprocess_threads, 0,
           "Worker threads: decoding and resizing images, dense-task answers (0: half the cores, at least one; "
@@ -116,7 +121,13 @@ int Run() {
 
   const int lone = absl::GetFlag(FLAGS_lone_batch_threads) > 0 ? absl::GetFlag(FLAGS_lone_batch_threads)
                                                                : Cores();
-  ConfigureTorch(intra, runners, absl::GetFlag(FLAGS_inter_op_threads), lone);
+  const int lone_spin_us = absl::GetFlag(FLAGS_lone_batch_spin_us);
+  if (lone_spin_us < 0 || lone_spin_us > 1'000'000) {
+    Log(LogLevel::kError, "--lone_batch_spin_us must be between 0 and 1000000",
+        {{"lone_batch_spin_us", std::to_string(lone_spin_us)}});
+    return 2;
+  }
+  ConfigureTorch(intra, runners, absl::GetFlag(FLAGS_inter_op_threads), lone, lone_spin_us);
   cv::setNumThreads(0);  // requests are decoded in parallel on our pool, each on one thread
 
   ServerMetrics metrics;
@@ -173,6 +184,7 @@ int Run() {
        {"engine_runners", std::to_string(runners)},
        {"intra_op_threads", std::to_string(intra)},
        {"lone_batch_threads", std::to_string(std::max(lone, intra))},
+       {"lone_batch_spin_us", std::to_string(lone_spin_us)},
        {"preprocess_threads", std::to_string(pre)},
        {"torch", TorchVersion()},
        {"blas", BlasLibrary()}});

@@ -77,8 +77,11 @@ class TorchModel {
 // parallel regions, ~30% slower here). Also flushes denormals to zero (random or badly
 // scaled weights otherwise run up to 50x slower). LibTorch's own default here is 1
 // intra-op thread. A batch that runs alone (no other batch running or waiting) runs on
-// runner 0 with `lone_threads` intra-op threads (at least intra_op_threads).
-void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads, int lone_threads);
+// runner 0 with `lone_threads` intra-op threads (at least intra_op_threads); after it, if
+// it ran on more than one thread and nothing else came meanwhile, that runner and its team
+// stay awake, spinning and yielding, until the next job is submitted or `lone_spin_us`
+// pass (0: they sleep at once).
+void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads, int lone_threads, int lone_spin_us);
 
 std::string TorchVersion();
 

@@ -110,6 +110,8 @@ def test_rendered_objects(target):
                                              "name": deployment["metadata"]["name"]}
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"])
+    # The HPA scales on CPU: idle spinning after lone batches would count as load.
+    assert int(server_flags["lone_batch_spin_us"]) == 0
     pdb = one(objects, "PodDisruptionBudget")
     assert matches(pdb["spec"]["selector"]["matchLabels"], pod_labels)
     assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "the PDB must let a node drain"

@@ -323,7 +323,7 @@ TEST_F(ServerTest, ConcurrentClassifyCallsGetTheirOwnImagesLogits) {
   // The reference: each image alone through the same TorchScript file (not optimised),
   // preprocessed by the pipeline the reference tests check against Python/OpenCV.
   const std::string repository = Env("CARE_TEST_REPOSITORY");
-  ConfigureTorch(2, 1, 1, 2);
+  ConfigureTorch(2, 1, 1, 2, 0);
   EngineOptions plain;
   plain.optimize = false;
   auto model = TorchModel::Load(repository + "/care_s0_cls/1/model.pt", plain);
@@ -1263,6 +1263,64 @@ TEST(Drain, RequestsStillRunningAtTheDrainTimeoutAreCancelledAndTheServerExitsZe
   EXPECT_EQ(ok + unavailable, 256) << ok << " OK, " << unavailable << " UNAVAILABLE";
   EXPECT_NE(server.log().find("msg=\"drain timeout: cancelling requests in flight\""), std::string::npos)
       << server.log();
+}
+
+// --- Staying awake after a lone batch (--lone_batch_spin_us) -------------------------
+
+// The server's CPU time so far (user + system), in seconds.
+double CpuSeconds(pid_t pid) {
+  const std::string stat = ReadFile("/proc/" + std::to_string(pid) + "/stat");
+  std::vector<std::string> fields = absl::StrSplit(stat.substr(stat.rfind(')') + 2), ' ');
+  return (std::stod(fields[11]) + std::stod(fields[12])) / sysconf(_SC_CLK_TCK);
+}
+
+TEST(LoneBatchSpin, TheCoresStayAwakeOnlyUntilTheNextRequestOrTheLimit) {
+  if (std::thread::hardware_concurrency() < 2) GTEST_SKIP() << "a lone batch runs on one thread here: no spinning";
+  Server server;
+  // The longest wait the flag allows: a request that had to wait it out would take a second.
+  server.Start({"--lone_batch_spin_us=1000000"}, "lone_spin_test");
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
+  EXPECT_NE(server.log().find("lone_batch_spin_us=1000000"), std::string::npos) << server.log();
+  auto stub = v1::VisionService::NewStub(server.channel());
+  const std::vector<cv::Mat> photos = Photos();
+  auto classify = [&](int i) {
+    v1::ClassifyRequest request;
+    request.set_model("care_s0_cls");
+    *request.mutable_image() = TestImage(photos, i);
+    grpc::ClientContext context;
+    v1::ClassifyResponse response;
+    const grpc::Status status = stub->Classify(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.classes_size(), 5);
+  };
+  // One at a time: each request's batch runs alone, and each next one arrives while the
+  // runner that ran the last is spinning. It must start at once, not after the limit.
+  classify(0);
+  constexpr int kCalls = 6;
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 1; i <= kCalls; ++i) classify(i);
+  const auto took_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(took_ms, kCalls * 1000 / 2)
+      << kCalls << " requests, each after a lone batch, waited for the 1 s spin to run out";
+  // And the spinning ends at the limit: an idle server uses (almost) no CPU a second later.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  const double cpu_before = CpuSeconds(server.pid());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  const double idle_cpu = CpuSeconds(server.pid()) - cpu_before;
+  EXPECT_LT(idle_cpu, 0.5) << "CPU seconds used by the idle server in 1.5 s, from 1.5 s after the last request";
+  // SIGTERM while the runner spins: the server still drains and exits 0.
+  classify(kCalls + 1);
+  EXPECT_EQ(server.Stop(), 0) << server.log();
+}
+
+TEST(LoneBatchSpin, AnOutOfRangeLimitStopsTheServerWithTheReason) {
+  int status = 0;
+  const std::string out = RunCommand(Env("CARE_SERVER") + " --model_repository=" + Env("CARE_TEST_REPOSITORY") +
+                                         " --lone_batch_spin_us=-1 --port=0 --metrics_port=-1 2>&1",
+                                     &status);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << out;
+  EXPECT_NE(out.find("--lone_batch_spin_us must be between 0 and 1000000"), std::string::npos) << out;
 }
 
 TEST(Strict, AModelThatFailsToLoadStopsTheServerAtStart) {
