@@ -7,8 +7,7 @@
 #include <memory>
 #include <vector>
 
-#include <emmintrin.h>
-#include <tmmintrin.h>
+#include <immintrin.h>
 
 // The weights and the vertical pass are floating point, evaluated in the same order as
 // OpenCV's; a fused multiply-add would round differently.
@@ -129,13 +128,93 @@ __attribute__((target("ssse3"))) void Horizontal3Ssse3(const uint8_t* row, int r
   }
 }
 
-const bool kHaveSsse3 = __builtin_cpu_supports("ssse3");
+// Horizontal3Ssse3 two output pixels at a time with AVX2: one pixel per 128-bit lane, the
+// same shuffles, products and sums, the pair's six values then moved together and stored
+// as eight ints, the last two spilled into what the next pixels write (`out` needs two
+// spare ints after the row's last pixel). A pair with a pixel the SSSE3 version would not
+// take its fast path for goes to it whole.
+__attribute__((target("avx2"))) void Horizontal3Avx2(const uint8_t* row, int row_bytes, const int* offsets,
+                                                    const int16_t* weights, int count, int32_t* out) {
+  const __m256i taps01 =
+      _mm256_broadcastsi128_si256(_mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1));
+  const __m256i taps23 =
+      _mm256_broadcastsi128_si256(_mm_setr_epi8(6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1));
+  const __m256i together = _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 3, 7);
+  auto consecutive = [row_bytes](const int* o) {
+    return o[1] == o[0] + 3 && o[2] == o[0] + 6 && o[3] == o[0] + 9 && o[0] + 16 <= row_bytes;
+  };
+  auto pair = [](int16_t lo, int16_t hi) {
+    return static_cast<int>(static_cast<uint16_t>(lo) | (static_cast<uint32_t>(static_cast<uint16_t>(hi)) << 16));
+  };
+  int i = 0;
+  for (; i + 2 <= count; i += 2) {
+    const int* a = offsets + 4 * i;
+    const int16_t* w = weights + 4 * i;
+    if (!consecutive(a) || !consecutive(a + 4)) {
+      Horizontal3Ssse3(row, row_bytes, a, w, 2, out + 3 * i);
+      continue;
+    }
+    const int a01 = pair(w[0], w[1]), a23 = pair(w[2], w[3]), b01 = pair(w[4], w[5]), b23 = pair(w[6], w[7]);
+    const __m256i w01 = _mm256_setr_epi32(a01, a01, a01, a01, b01, b01, b01, b01);
+    const __m256i w23 = _mm256_setr_epi32(a23, a23, a23, a23, b23, b23, b23, b23);
+    const __m256i bytes =
+        _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + a[0]))),
+                                _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + a[4])), 1);
+    const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(_mm256_shuffle_epi8(bytes, taps01), w01),
+                                         _mm256_madd_epi16(_mm256_shuffle_epi8(bytes, taps23), w23));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 3 * i), _mm256_permutevar8x32_epi32(sum, together));
+  }
+  if (i < count) Horizontal3Ssse3(row, row_bytes, offsets + 4 * i, weights + 4 * i, count - i, out + 3 * i);
+}
+
+// Eight ints as floats.
+__attribute__((target("avx2"), always_inline)) inline __m256 LoadFloats(const int32_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// The vertical pass's float part, 16 values at a time with AVX2: per value the same
+// products and sums in the same order as the SSE2 loop, so the same bytes. Returns how
+// many values it did (a multiple of 16); the caller does the rest.
+__attribute__((target("avx2"))) int VerticalFloatAvx2(const int32_t* const s[4], const float b[4], int count,
+                                                     uint8_t* out) {
+  const __m256 b0 = _mm256_set1_ps(b[0]), b1 = _mm256_set1_ps(b[1]), b2 = _mm256_set1_ps(b[2]),
+               b3 = _mm256_set1_ps(b[3]);
+  int x = 0;
+  for (; x + 16 <= count; x += 16) {
+    __m256i rounded[2];
+    for (int half = 0; half < 2; ++half) {
+      const int at = x + 8 * half;
+      __m256 v = _mm256_mul_ps(LoadFloats(s[3] + at), b3);
+      v = _mm256_add_ps(_mm256_mul_ps(LoadFloats(s[2] + at), b2), v);
+      v = _mm256_add_ps(_mm256_mul_ps(LoadFloats(s[1] + at), b1), v);
+      v = _mm256_add_ps(_mm256_mul_ps(LoadFloats(s[0] + at), b0), v);
+      rounded[half] = _mm256_cvtps_epi32(v);  // rounds half to even (MXCSR's default mode)
+    }
+    // packs works within 128-bit lanes: (0-3, 8-11 | 4-7, 12-15) -> (0-7 | 8-15).
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(rounded[0], rounded[1]), 0xD8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + x),
+                     _mm_packus_epi16(_mm256_castsi256_si128(packed), _mm256_extracti128_si256(packed, 1)));
+  }
+  return x;
+}
+
+int BestSimdLevel() {
+  if (__builtin_cpu_supports("avx2")) return 2;
+  if (__builtin_cpu_supports("ssse3")) return 1;
+  return 0;
+}
 
 }  // namespace
+
+namespace internal {
+int cubic_cut_simd_level = BestSimdLevel();
+int CubicCutBestSimdLevel() { return BestSimdLevel(); }
+}  // namespace internal
 
 void ResizeCubicCut(const cv::Mat& src, cv::Size full, cv::Rect cut, cv::Mat* dst) {
   const int cn = src.channels();
   const int sw = src.cols, sh = src.rows;
+  const int level = internal::cubic_cut_simd_level;
   const double scale_x = 1.0 / (static_cast<double>(full.width) / sw);
   const double scale_y = 1.0 / (static_cast<double>(full.height) / sh);
 
@@ -160,15 +239,17 @@ void ResizeCubicCut(const cv::Mat& src, cv::Size full, cv::Rect cut, cv::Mat* ds
 
   // The horizontal pass of every source row the kept rows need, in fixed point.
   const int width = cut.width * cn;
-  // Not zeroed: every value is written before it is read (+1: Horizontal3's spill).
-  std::unique_ptr<int32_t[]> horizontal(new int32_t[static_cast<size_t>(last - first + 1) * width + 1]);
+  // Not zeroed: every value is written before it is read (+2: the SIMD versions' spill).
+  std::unique_ptr<int32_t[]> horizontal(new int32_t[static_cast<size_t>(last - first + 1) * width + 2]);
   for (int y = first; y <= last; ++y) {
     int32_t* out = horizontal.get() + static_cast<size_t>(y - first) * width;
     const uint8_t* row = src.ptr<uint8_t>(y);
     switch (cn) {
       case 1: Horizontal<1>(row, offsets.data(), alpha.data(), cut.width, cn, out); break;
       case 3:
-        (kHaveSsse3 ? Horizontal3Ssse3 : Horizontal3)(row, sw * 3, offsets.data(), alpha.data(), cut.width, out);
+        (level >= 2   ? Horizontal3Avx2
+         : level == 1 ? Horizontal3Ssse3
+                      : Horizontal3)(row, sw * 3, offsets.data(), alpha.data(), cut.width, out);
         break;
       default: Horizontal<0>(row, offsets.data(), alpha.data(), cut.width, cn, out); break;
     }
@@ -192,7 +273,8 @@ void ResizeCubicCut(const cv::Mat& src, cv::Size full, cv::Rect cut, cv::Mat* ds
     }
     uint8_t* out = dst->ptr<uint8_t>(j);
     const float b0 = t.w[0] * unscale, b1 = t.w[1] * unscale, b2 = t.w[2] * unscale, b3 = t.w[3] * unscale;
-    int x = 0;
+    const float b[4] = {b0, b1, b2, b3};
+    int x = level >= 2 ? VerticalFloatAvx2(s, b, float_count, out) : 0;
     const __m128 vb0 = _mm_set1_ps(b0), vb1 = _mm_set1_ps(b1), vb2 = _mm_set1_ps(b2), vb3 = _mm_set1_ps(b3);
     auto sum4 = [&](int at) {
       __m128 v = _mm_mul_ps(_mm_cvtepi32_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s[3] + at))), vb3);

@@ -18,4 +18,12 @@ namespace careserve {
 // channels, non-empty; `cut` inside `full`.
 void ResizeCubicCut(const cv::Mat& src, cv::Size full, cv::Rect cut, cv::Mat* dst);
 
+namespace internal {
+// The instructions ResizeCubicCut uses: 2 AVX2, 1 SSSE3, 0 SSE2 (x86-64's baseline). It
+// starts as the best the CPU has; tests lower it to check every path against OpenCV. Not
+// to be changed while a resize runs.
+extern int cubic_cut_simd_level;
+int CubicCutBestSimdLevel();
+}  // namespace internal
+
 }  // namespace careserve

@@ -24,20 +24,28 @@ void ExpectSameAsOpenCv(const cv::Mat& src, cv::Size full, cv::Rect cut) {
   cv::Mat resized;
   cv::resize(src, resized, full, 0, 0, cv::INTER_CUBIC);
   cv::Mat expected = resized(cut);
-  cv::Mat got;
-  ResizeCubicCut(src, full, cut, &got);
-  const std::string where = absl::StrCat(src.cols, "x", src.rows, "x", src.channels(), " -> ", full.width, "x",
-                                         full.height, " cut ", cut.x, ",", cut.y, " ", cut.width, "x", cut.height);
-  ASSERT_EQ(got.type(), expected.type()) << where;
-  ASSERT_EQ(got.size(), expected.size()) << where;
-  cv::Mat diff;
-  cv::absdiff(got.reshape(1), expected.reshape(1), diff);
-  if (cv::countNonZero(diff) > 0) {
-    cv::Point at;
-    double worst;
-    cv::minMaxLoc(diff, nullptr, &worst, nullptr, &at);
-    FAIL() << where << ": " << cv::countNonZero(diff) << " bytes differ, by up to " << worst << ", e.g. at row "
-           << at.y << " byte " << at.x;
+  // Every instruction-set path this CPU can run (AVX2, SSSE3, SSE2); the best is put back
+  // at once, as the server uses it.
+  const int best = internal::CubicCutBestSimdLevel();
+  for (int level = 0; level <= best; ++level) {
+    internal::cubic_cut_simd_level = level;
+    cv::Mat got;
+    ResizeCubicCut(src, full, cut, &got);
+    internal::cubic_cut_simd_level = best;
+    const std::string where =
+        absl::StrCat(src.cols, "x", src.rows, "x", src.channels(), " -> ", full.width, "x", full.height, " cut ",
+                     cut.x, ",", cut.y, " ", cut.width, "x", cut.height, " (SIMD level ", level, ")");
+    ASSERT_EQ(got.type(), expected.type()) << where;
+    ASSERT_EQ(got.size(), expected.size()) << where;
+    cv::Mat diff;
+    cv::absdiff(got.reshape(1), expected.reshape(1), diff);
+    if (cv::countNonZero(diff) > 0) {
+      cv::Point at;
+      double worst;
+      cv::minMaxLoc(diff, nullptr, &worst, nullptr, &at);
+      FAIL() << where << ": " << cv::countNonZero(diff) << " bytes differ, by up to " << worst << ", e.g. at row "
+             << at.y << " byte " << at.x;
+    }
   }
 }
 
