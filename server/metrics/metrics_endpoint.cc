@@ -3,10 +3,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <sstream>
 
@@ -54,11 +56,19 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
   }
   socklen_t len = sizeof(addr);
   getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  return std::unique_ptr<MetricsEndpoint>(new MetricsEndpoint(fd, ntohs(addr.sin_port), std::move(collectables)));
+  const int stop_fd = eventfd(0, EFD_CLOEXEC);
+  if (stop_fd < 0) {
+    const std::string error = std::strerror(errno);
+    close(fd);
+    return absl::InternalError(absl::StrCat("metrics: eventfd: ", error));
+  }
+  return std::unique_ptr<MetricsEndpoint>(
+      new MetricsEndpoint(fd, stop_fd, ntohs(addr.sin_port), std::move(collectables)));
 }
 
-MetricsEndpoint::MetricsEndpoint(int fd, int port, std::vector<std::shared_ptr<prometheus::Collectable>> collectables)
-    : listen_fd_(fd), port_(port), collectables_(std::move(collectables)) {
+MetricsEndpoint::MetricsEndpoint(int fd, int stop_fd, int port,
+                                 std::vector<std::shared_ptr<prometheus::Collectable>> collectables)
+    : listen_fd_(fd), stop_fd_(stop_fd), port_(port), collectables_(std::move(collectables)) {
   thread_ = std::thread([this] {
     NameThisThread("care-metrics");
     Loop();
@@ -66,15 +76,25 @@ MetricsEndpoint::MetricsEndpoint(int fd, int port, std::vector<std::shared_ptr<p
 }
 
 MetricsEndpoint::~MetricsEndpoint() {
-  stopping_.store(true);
+  const uint64_t one = 1;
+  while (write(stop_fd_, &one, sizeof(one)) < 0 && errno == EINTR) {
+  }
   thread_.join();
+  close(stop_fd_);
   close(listen_fd_);
 }
 
 void MetricsEndpoint::Loop() {
-  while (!stopping_.load()) {
-    pollfd p{listen_fd_, POLLIN, 0};
-    if (poll(&p, 1, 200) <= 0) continue;  // wake up now and then to notice stopping_
+  // Sleeps until a scrape connects or the destructor signals stop_fd_: no wake-ups while
+  // idle, and no wait on shutdown.
+  for (;;) {
+    pollfd p[2] = {{listen_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    if (poll(p, 2, -1) < 0) {
+      if (errno != EINTR) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // e.g. ENOMEM: retry
+      continue;
+    }
+    if (p[1].revents != 0) return;
+    if (p[0].revents == 0) continue;
     const int connection = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (connection < 0) continue;
     Serve(connection);

@@ -7,7 +7,6 @@
 // This endpoint is a plain accept loop on one thread: a scrape is one short request.
 #pragma once
 
-#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
@@ -28,15 +27,15 @@ class MetricsEndpoint {
   int port() const { return port_; }
 
  private:
-  MetricsEndpoint(int fd, int port, std::vector<std::shared_ptr<prometheus::Collectable>> collectables);
+  MetricsEndpoint(int fd, int stop_fd, int port, std::vector<std::shared_ptr<prometheus::Collectable>> collectables);
   void Loop();
   void Serve(int connection) const;
   std::string Scrape() const;
 
   const int listen_fd_;
+  const int stop_fd_;  // an eventfd: written once, by the destructor
   const int port_;
   const std::vector<std::shared_ptr<prometheus::Collectable>> collectables_;
-  std::atomic<bool> stopping_{false};
   std::thread thread_;
 };
 
