@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
   careserve::ReexecWith(argv, {careserve::OpenMpSpinCount(), careserve::TcmallocReleaseRate()});  // as care-server
   absl::SetProgramUsageMessage("care-engine-bench --model_dir=DIR [--batch_sizes=1,4,8,16,32]");
   absl::ParseCommandLine(argc, argv);
+  careserve::TurnOffAbseilDeadlockDetection();  // as care-server does
   const std::string dir = absl::GetFlag(FLAGS_model_dir);
   auto spec = careserve::ReadModelSpec(dir);
   if (!spec.ok()) {

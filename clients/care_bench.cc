@@ -36,6 +36,7 @@
 #include "absl/synchronization/mutex.h"
 #include "care/vision/v1/vision.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "server/common/startup_env.h"
 #include "server/common/tls.h"
 #include "opencv2/imgcodecs.hpp"
 #include "opencv2/imgproc.hpp"
@@ -208,6 +209,8 @@ std::string CodeName(grpc::StatusCode code) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("care-bench: gRPC load generator for care-server (see --help)");
   absl::ParseCommandLine(argc, argv);
+  // Its own gRPC and locks, not Debian's debug-mode checks, in the latencies it reports.
+  careserve::TurnOffAbseilDeadlockDetection();
   const std::string task = absl::GetFlag(FLAGS_task);
   if (task != "classify" && task != "detect" && task != "segment") {
     std::fprintf(stderr, "error: --task must be classify, detect or segment\n");

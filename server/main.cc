@@ -82,6 +82,7 @@ namespace careserve {
 namespace {
 
 int Run() {
+  TurnOffAbseilDeadlockDetection();  // before the first lock of ours or gRPC's
   LogLevel level;
   if (!ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
     std::fprintf(stderr, "--log_level must be debug, info, warning or error\n");

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
+
 namespace careserve {
 
 bool ReexecWith(char** argv, const std::vector<StartupVariable>& variables) {
@@ -36,6 +38,14 @@ StartupVariable TcmallocReleaseRate() { return {"TCMALLOC_RELEASE_RATE", "0", /*
 
 StartupVariable OpenCvPixelCap(long long max_pixels) {
   return {"OPENCV_IO_MAX_IMAGE_PIXELS", std::to_string(max_pixels), /*keep_existing=*/false};
+}
+
+void TurnOffAbseilDeadlockDetection() {
+#if !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
+  const char* keep = getenv("CARE_ABSL_DEADLOCK_DETECTION");
+  if (keep != nullptr && std::string(keep) == "1") return;
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
 }
 
 }  // namespace careserve

@@ -48,4 +48,17 @@ StartupVariable TcmallocReleaseRate();
 // image). The server's own header checks come first; this covers what they do not read.
 StartupVariable OpenCvPixelCap(long long max_pixels);
 
+// Turns off Abseil's Mutex deadlock detection for the whole process (our locks and gRPC's,
+// which are absl::Mutex too), unless CARE_ABSL_DEADLOCK_DETECTION=1 or this is a sanitizer
+// build (make test-asan / test-tsan keep it, to catch lock-order inversions in the tests).
+//
+// Why: Debian's Abseil is built without NDEBUG, so every Mutex::Lock of the process records
+// the locks held and checks a global lock-order graph under a global spin lock, as a debug
+// build does. Measured (2026-12-03): a nested pair of uncontended locks 92-95 ns with it,
+// 26 ns without; care-bench concurrency 1 (224x224 Classify, 3 s runs, order alternating),
+// care-server and care-bench with it off against both with it on: p50 lower in 11 of 12
+// rounds, median -0.21 ms; concurrency 4 and 64 throughput within the noise. See
+// docs/service.md (Abseil's deadlock detection).
+void TurnOffAbseilDeadlockDetection();
+
 }  // namespace careserve
