@@ -70,7 +70,7 @@ profile: deps
 	$(PYTHON) -m carevision.profile
 
 # Engine ceiling, care-server under care-bench load, the Python baseline, memory:
-# writes docs/benchmarks.md and docs/bench/*.png (about 20 minutes here: 1113 s in the last run).
+# writes docs/benchmarks.md and docs/bench/*.png (about 20 minutes here: 1261 s for `time make bench` in a fresh clone, 2026-12-03).
 bench: build
 	$(PYTHON) bench/run.py
 
