@@ -1232,8 +1232,8 @@ TEST(Drain, RequestsStillRunningAtTheDrainTimeoutAreCancelledAndTheServerExitsZe
   // once whatever the upload rate: each photo in the corner of a flat 4000x3000 canvas,
   // a ~0.5 MB PNG that takes ~250 ms to decode here. The 32 or more held at SIGTERM are
   // seconds of work (measured: all 64 held, 4 to 8 answered in the drain's second, also
-  // with both cores busy elsewhere). (Photos upscaled to 1280x960 were ~1.4 MB for ~40 ms: on a quiet
-  // machine the server decoded them as fast as they arrived and never held 128 of 256.)
+  // with both cores busy elsewhere). Photos upscaled to 1280x960, ~1.4 MB for ~40 ms, were
+  // not: in one CI run the server decoded them as fast as they arrived and never held 128.
   std::vector<v1::Image> images;
   for (const cv::Mat& photo : Photos()) {
     cv::Mat canvas(3000, 4000, CV_8UC3, cv::Scalar(128, 128, 128));
