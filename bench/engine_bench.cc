@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "server/common/memory.h"
 #include "server/common/startup_env.h"
+#include "server/engine/openmp_threads.h"
 #include "server/engine/torch_model.h"
 #include "server/preprocess/image.h"
 #include "server/preprocess/resize.h"
@@ -81,12 +82,18 @@ int main(int argc, char** argv) {
   const int instances = std::max(1, absl::GetFlag(FLAGS_instances));
   const int per_instance = std::max(1, threads / instances);
   if (absl::GetFlag(FLAGS_keep_freed_memory)) careserve::KeepFreedMemory();
-  careserve::ConfigureTorch(per_instance, instances, 1, per_instance,
-                            std::max(0, absl::GetFlag(FLAGS_lone_batch_spin_us)));
+  careserve::ConfigureTorch(per_instance, 1);
+  // Each executor is set up as one of care-server's engine threads.
+  careserve::OpenMpThreadPolicy policy(per_instance);
+  const absl::Duration spin = absl::Microseconds(std::max(0, absl::GetFlag(FLAGS_lone_batch_spin_us)));
   careserve::EngineOptions options;
   options.optimize = absl::GetFlag(FLAGS_optimize_for_inference);
   const std::string path = absl::StrCat(dir, "/", absl::GetFlag(FLAGS_version), "/model.pt");
-  auto model = careserve::TorchModel::Load(path, options);
+  absl::StatusOr<std::unique_ptr<careserve::TorchModel>> model;
+  std::thread([&] {  // as care-server loads: on a thread set up like an engine thread
+    policy.StartThread(0);
+    model = careserve::TorchModel::Load(path, options);
+  }).join();
   if (!model.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
     return 1;
@@ -123,6 +130,8 @@ int main(int argc, char** argv) {
     std::chrono::steady_clock::time_point start;
     std::atomic<int> ready{0};
     auto executor = [&](int i) {
+      policy.StartThread(i);
+      policy.UseThreads(per_instance);
       for (int r = 0; r < absl::GetFlag(FLAGS_warmup_runs); ++r) (void)(*model)->Run(input.data(), batch, h, w);
       // Measure from when every executor is warm.
       if (ready.fetch_add(1) + 1 == instances) start = std::chrono::steady_clock::now();
@@ -137,7 +146,15 @@ int main(int argc, char** argv) {
           return;
         }
         per[i].push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
-        if (idle_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(idle_ms));
+        if (idle_ms > 0) {
+          // As care-server after a lone batch: its threads stay awake up to the spin limit.
+          const auto idle_end = std::chrono::steady_clock::now() + std::chrono::duration<double, std::milli>(idle_ms);
+          if (instances == 1 && per_instance > 1 && spin > absl::ZeroDuration()) {
+            policy.StayAwake(
+                per_instance, [&] { return std::chrono::steady_clock::now() >= idle_end; }, spin);
+          }
+          std::this_thread::sleep_until(idle_end);
+        }
       }
     };
     std::vector<std::thread> pool;

@@ -69,6 +69,7 @@ class Settings:
         self.saturation_engine_seconds = 0.5 if smoke else 3
         self.saturation_duration = 0.5 if smoke else 4
         self.saturation_warmup = 0.3 if smoke else 1.5
+        self.open_loop_duration = 0.5 if smoke else 10
         self.out = os.path.join(BUILD, "bench_smoke") if smoke else os.path.join(ROOT, "docs")
         self.plots = os.path.join(self.out, "bench")
         self.repository = os.path.join(BUILD, "smoke_repository" if smoke else "bench_repository")
@@ -118,8 +119,8 @@ def engine(settings, model_dir, flags, batches=None, env=None, binary="care-engi
 
 
 class Server:
-    def __init__(self, repository, flags=()):
-        self.log_path = os.path.join(BUILD, "bench_server.log")
+    def __init__(self, repository, flags=(), name="bench_server"):
+        self.log_path = os.path.join(BUILD, f"{name}.log")
         self.log = open(self.log_path, "w+")
         self.process = subprocess.Popen([os.path.join(BUILD, "care-server"), f"--model_repository={repository}",
                                          "--host=127.0.0.1", "--port=0", "--metrics_port=0", *flags],
@@ -187,6 +188,70 @@ def load_once(settings, port, task, model, concurrency, size, duration=None, war
 
 
 STAGES = ("preprocess", "queue", "inference", "postprocess", "request")
+
+
+# Offered loads of the open-loop sweep, as shares of the closed-loop capacity.
+OPEN_LOOP_LOADS = [0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
+POLICIES = ["adaptive", "fixed_delay"]
+
+
+def open_loop(settings):
+    """Poisson arrivals at a share of the capacity, against a server with each batch policy,
+    interleaved: capacity (closed loop, concurrency 64) and concurrency-1 p50 of the adaptive
+    (default) server measured in the same run first."""
+    servers = {p: Server(settings.repository, [f"--batch_policy={p}"], name=f"bench_server_{p}") for p in POLICIES}
+    try:
+        port = servers["adaptive"].port
+        capacity = load_once(settings, port, "classify", CLASSIFIER, 64, "224x224")
+        c1 = load_once(settings, port, "classify", CLASSIFIER, 1, "224x224")
+        rows = []
+        for share in OPEN_LOOP_LOADS:
+            rate = max(1.0, share * capacity["throughput_rps"])
+            for policy in POLICIES:
+                log(f"open loop {rate:.1f}/s ({share:.0%}), {policy}")
+                cmd = [os.path.join(BUILD, "care-bench"), f"--server=127.0.0.1:{servers[policy].port}",
+                       "--task=classify", f"--model={CLASSIFIER}", f"--rate={rate:.2f}",
+                       f"--duration={settings.open_loop_duration}", f"--warmup={settings.warmup}",
+                       "--generate=224x224", "--json"]
+                r = json_lines(run(cmd, timeout=600))[0]
+                r.update(policy=policy, share=share, command=" ".join(["care-bench"] + cmd[1:]))
+                rows.append(r)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {"capacity": capacity, "c1": c1, "rows": rows}
+
+
+def table_open_loop(sweep):
+    c1 = sweep["c1"]["latency_ms"]["p50"]
+    lines = ["| offered (share of capacity) | policy | delivered req/s | delivered / offered | p50 (ms) | p99 (ms) | "
+             "p99 / c1 p50 | errors |", "|---|---|---|---|---|---|---|---|"]
+    for r in sweep["rows"]:
+        lat = r["latency_ms"]
+        errors = sum(r["errors"].values())
+        lines.append(f"| {r['rate']:.1f} ({r['share']:.0%}) | {r['policy']} | {r['throughput_rps']:.1f} | "
+                     f"{r['throughput_rps'] / r['rate']:.1%} | {lat['p50']:.1f} | {lat['p99']:.1f} | "
+                     f"{lat['p99'] / c1:.1f}x | {errors} |")
+    return lines
+
+
+def open_loop_targets(sweep):
+    c1 = sweep["c1"]["latency_ms"]["p50"]
+    by = {(r["policy"], r["share"]): r for r in sweep["rows"]}
+    lines = []
+    for share, bound in [(0.5, 3), (0.7, 5)]:
+        r = by[("adaptive", share)]
+        p99 = r["latency_ms"]["p99"]
+        lines.append(f"| Poisson arrivals at {share:.0%} of capacity: p99 <= {bound}x the concurrency-1 p50 | "
+                     f"{p99:.1f} ms vs {c1:.1f} ms = {p99 / c1:.1f}x (fixed_delay: "
+                     f"{by[('fixed_delay', share)]['latency_ms']['p99'] / c1:.1f}x) | "
+                     f"{'yes' if p99 <= bound * c1 else 'no'} |")
+    r = by[("adaptive", 0.9)]
+    errors = sum(r["errors"].values())
+    ratio = r["throughput_rps"] / r["rate"]
+    lines.append(f"| Poisson arrivals at 90% of capacity: delivered >= 97% of offered, no errors | {ratio:.1%}, "
+                 f"{errors} errors | {'yes' if ratio >= 0.97 and errors == 0 else 'no'} |")
+    return lines
 
 
 def paired_c1(settings, server, engine_flags):
@@ -466,6 +531,8 @@ def main():
             latency_rows.append(r)
     finally:
         server.stop()
+    log("open loop: Poisson arrivals, adaptive and fixed_delay batching")
+    sweep = open_loop(settings)
     log("python baseline")
     baseline_rows = python_baseline(settings)
     for r in baseline_rows:
@@ -496,6 +563,21 @@ def main():
         "",
         *targets(engine_rows, stock_rows, results[("classify", "224x224")], baseline_rows, c1_pairs,
                  saturation_pairs),
+        *open_loop_targets(sweep),
+        "",
+        "## Open loop: Poisson arrivals",
+        "",
+        "Real traffic arrives on its own schedule, so queues can grow past any concurrency. `care-bench --rate` "
+        "starts calls at Poisson arrival times and measures latency from each call's scheduled start. Capacity: "
+        f"{sweep['capacity']['throughput_rps']:.1f} req/s (closed loop, concurrency 64, adaptive policy); "
+        f"concurrency-1 p50 {sweep['c1']['latency_ms']['p50']:.1f} ms; both measured in this run just before "
+        f"the sweep. Two servers run side by side, `--batch_policy=adaptive` (the default) and "
+        f"`--batch_policy=fixed_delay` (the model's `max_queue_delay_us` wait for a full batch), and each "
+        f"offered load is run against one then the other ({settings.warmup} s warm-up, "
+        f"{settings.open_loop_duration} s). Command: `{sweep['rows'][0]['command']}` (and the other rates "
+        "and port).",
+        "",
+        *table_open_loop(sweep),
         "",
         "## Engine ceiling: in-process LibTorch, no server",
         "",

@@ -3,7 +3,7 @@
 # directory, and its C++ tests run there. The integration tests start the instrumented
 # care-server, care-client and care-bench, so the server is checked under real traffic.
 #   scripts/sanitize_test.sh address   ASan + UBSan + LeakSanitizer, every C++ test
-#   scripts/sanitize_test.sh thread    TSan: the batcher unit tests and care-server under load
+#   scripts/sanitize_test.sh thread    TSan: the scheduler unit tests and care-server under load
 # Every report of every process (tests, server, clients) goes to a file under
 # <build dir>/sanitizer_reports; any ASan/UBSan/LSan report fails the run, even one from a
 # process whose exit code nobody looked at; a TSan report fails it when one of the racing
@@ -20,13 +20,13 @@ case $kind in
     dir=${ASAN_DIR:-build-asan}; sanitizers=address,undefined; select=()
     ;;
   thread)
-    # The batcher's unit tests, then the server under load (tests/sanitizers/tsan_server.sh).
+    # The scheduler unit tests, then the server under load (tests/sanitizers/tsan_server.sh).
     # Not server_test: its test process is a gRPC client, and Debian's gRPC and protobuf are
     # not built with TSan, so its callbacks race with gRPC's threads as far as TSan can see,
     # and protobuf's Map templates compiled with TSan crash against the uninstrumented
     # library; several of its tests also time a load that TSan slows many times.
     dir=${TSAN_DIR:-build-tsan}; sanitizers=thread
-    select=(-R '^(BatcherTest\.|BatchOptionsTest\.|export_test_repository$)')
+    select=(-R '^(SchedulerTest\.|BatchTimesTest\.|AdaptiveBatchSizeTest\.|EarliestCompletionTest\.|BatchPolicyTest\.|QueueOptionsTest\.|export_test_repository$)')
     ;;
   *) echo "sanitize_test.sh: unknown kind '$kind' (address or thread)" >&2; exit 2 ;;
 esac

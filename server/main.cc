@@ -20,16 +20,19 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "opencv2/core.hpp"
+#include "server/api/open_streams.h"
 #include "server/api/vision_service.h"
 #include "server/common/log.h"
 #include "server/common/startup_env.h"
 #include "server/common/thread_pool.h"
 #include "server/common/tls.h"
+#include "server/engine/openmp_threads.h"
 #include "server/engine/torch_model.h"
 #include "server/metrics/metrics.h"
 #include "server/metrics/metrics_endpoint.h"
 #include "server/preprocess/image.h"
 #include "server/repository/model_repository.h"
+#include "server/scheduler/batch_scheduler.h"
 
 namespace {
 int Cores() { return std::max(1u, std::thread::hardware_concurrency()); }
@@ -40,16 +43,20 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on for gRPC and metri
 ABSL_FLAG(int, port, 50051, "gRPC port (0: any free port, logged at startup).");
 ABSL_FLAG(int, metrics_port, 9091, "Prometheus /metrics port (0: any free port; -1: no metrics endpoint).");
 ABSL_FLAG(int, engine_runners, 0,
-          "Batches computed at the same time, across all models: LibTorch runs on this many dedicated threads "
-          "(0: one per core, each batch on one core: the most throughput; 1 with all cores per batch: the "
-          "lowest latency at light load). Models without batching.instances get one executor per runner.");
+          "Batches computed at the same time, across all models: the shared scheduler's engine threads, on which "
+          "all LibTorch work runs (0: one per core, each batch on one core: the most throughput; 1 with all cores "
+          "per batch). A model's batching.instances caps its own batches at once.");
+ABSL_FLAG(std::string, batch_policy, "adaptive",
+          "How batches are formed: adaptive (a free engine thread never waits; it sizes the batch from the queue "
+          "and the model's measured batch times so that what is queued is done soonest) or fixed_delay (wait up "
+          "to batching.max_queue_delay_us for batching.max_batch_size requests, as TF Serving and Triton do).");
 ABSL_FLAG(int, intra_op_threads, 0,
           "LibTorch intra-op threads per batch (0: the cores divided among --engine_runners, at least one). "
           "LibTorch's own default here is 1.");
 ABSL_FLAG(int, lone_batch_threads, 0,
           "Intra-op threads for a batch that runs alone (no other batch running or waiting), e.g. every "
-          "request at concurrency 1 (0: one per core; 1, or at most --intra_op_threads: the same as any "
-          "batch).");
+          "request at concurrency 1 (0: one per core, for the models whose warm-up measured that faster; N: N "
+          "threads for every model; 1, or at most --intra_op_threads: the same as any batch).");
 ABSL_FLAG(int, lone_batch_spin_us, 5000,
           "After a batch that ran alone on several threads, those threads stay awake (spinning, yielding to "
           "any other thread) until the next batch is submitted or this many microseconds pass, instead of "
@@ -128,7 +135,21 @@ int Run() {
         {{"lone_batch_spin_us", std::to_string(lone_spin_us)}});
     return 2;
   }
-  ConfigureTorch(intra, runners, absl::GetFlag(FLAGS_inter_op_threads), lone, lone_spin_us);
+  absl::StatusOr<BatchPolicy> batch_policy = ParseBatchPolicy(absl::GetFlag(FLAGS_batch_policy));
+  if (!batch_policy.ok()) {
+    Log(LogLevel::kError, "--batch_policy must be adaptive or fixed_delay",
+        {{"batch_policy", absl::GetFlag(FLAGS_batch_policy)}});
+    return 2;
+  }
+  ConfigureTorch(intra, absl::GetFlag(FLAGS_inter_op_threads));
+  OpenMpThreadPolicy thread_policy(intra);
+  SchedulerOptions scheduler_options;
+  scheduler_options.engine_threads = runners;
+  scheduler_options.threads_per_batch = intra;
+  scheduler_options.lone_batch_threads = std::max(lone, intra);
+  scheduler_options.lone_batch_where_faster = absl::GetFlag(FLAGS_lone_batch_threads) == 0;
+  scheduler_options.lone_batch_spin = absl::Microseconds(lone_spin_us);
+  SharedBatchScheduler scheduler(scheduler_options, &thread_policy);
   cv::setNumThreads(0);  // requests are decoded in parallel on our pool, each on one thread
 
   ServerMetrics metrics;
@@ -187,13 +208,15 @@ int Run() {
        {"lone_batch_threads", std::to_string(std::max(lone, intra))},
        {"lone_batch_spin_us", std::to_string(lone_spin_us)},
        {"preprocess_threads", std::to_string(pre)},
+       {"batch_policy", BatchPolicyName(*batch_policy)},
        {"torch", TorchVersion()},
        {"blas", BlasLibrary()}});
 
   RepositoryOptions options;
   options.strict = absl::GetFlag(FLAGS_strict);
   options.warmup_runs = absl::GetFlag(FLAGS_warmup_runs);
-  options.default_instances = runners;
+  options.scheduler = &scheduler;
+  options.batch_policy = *batch_policy;
   options.engine.optimize = absl::GetFlag(FLAGS_optimize_for_inference);
   const absl::Time load_start = absl::Now();
   absl::StatusOr<std::unique_ptr<ModelRepository>> repository = ModelRepository::Load(repository_dir, options, &metrics);
@@ -223,9 +246,30 @@ int Run() {
   health->SetServingStatus(false);
   metrics.SetReady(false);
   service.StartDraining();
-  const int unfinished = service.WaitIdle(drain_deadline);
-  if (unfinished > 0) {
-    Log(LogLevel::kWarning, "drain timeout: cancelling requests in flight", {{"requests", std::to_string(unfinished)}});
+  // Until every call is answered, those whose request is still arriving included (gRPC's
+  // Shutdown cancels those: the client would see CANCELLED, not retryable), and no new call
+  // has begun for kDrainQuiet: a call that begins just as Shutdown starts is cancelled too,
+  // and clients stop sending once readiness fails, so the quiet comes.
+  constexpr absl::Duration kDrainQuiet = absl::Milliseconds(200);
+  int unfinished = 0, arriving = 0;
+  absl::Time quiet_since = absl::InfiniteFuture();
+  for (;;) {
+    unfinished = service.InFlight();
+    arriving = OpenServerStreams();
+    const absl::Time now = absl::Now();
+    if (unfinished > 0 || arriving > 0) {
+      quiet_since = absl::InfiniteFuture();
+    } else if (quiet_since == absl::InfiniteFuture()) {
+      quiet_since = now;
+    } else if (now - quiet_since >= kDrainQuiet) {
+      break;
+    }
+    if (now >= drain_deadline) break;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  if (unfinished > 0 || arriving > 0) {
+    Log(LogLevel::kWarning, "drain timeout: cancelling requests in flight",
+        {{"requests", std::to_string(unfinished)}, {"open_streams", std::to_string(arriving)}});
   }
   server->Shutdown(absl::ToChronoTime(drain_deadline));  // cancels what is left once it has passed
   (*repository)->Stop();

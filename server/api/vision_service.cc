@@ -104,12 +104,6 @@ class VisionService::Call : public grpc::ServerUnaryReactor {
 VisionService::VisionService(ServerMetrics* metrics, ThreadPool* preprocess, DecodeLimits limits)
     : metrics_(metrics), preprocess_(preprocess), limits_(limits) {}
 
-int VisionService::WaitIdle(absl::Time deadline) const {
-  int active;
-  while ((active = active_.load()) > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
-  return active;
-}
-
 absl::StatusOr<const ModelRepository*> VisionService::Available() const {
   if (draining_.load()) return absl::UnavailableError("the server is shutting down; retry on another replica");
   const ModelRepository* repository = repository_.load();
@@ -145,19 +139,18 @@ void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image
                                                                    model->version, ": ", admitted.message())));
   }
   call->Accept(model);
-  // Until it is submitted (or answered early), the batcher knows this request is coming.
-  struct Arrival {
+  // Admitted until submitted: an answer before that gives the place in the queue back.
+  struct Admission {
     ModelScheduler* scheduler;
-    explicit Arrival(ModelScheduler* s) : scheduler(s) {}
-    Arrival(Arrival&& other) : scheduler(std::exchange(other.scheduler, nullptr)) {}
-    ~Arrival() { Done(); }
-    void Done() {
-      if (scheduler != nullptr) std::exchange(scheduler, nullptr)->Arrived();
+    explicit Admission(ModelScheduler* s) : scheduler(s) {}
+    Admission(Admission&& other) : scheduler(std::exchange(other.scheduler, nullptr)) {}
+    ~Admission() {
+      if (scheduler != nullptr) scheduler->Abandon();
     }
-    void EndedBySubmit() { scheduler = nullptr; }
+    ModelScheduler* Submitting() { return std::exchange(scheduler, nullptr); }
   };
   absl::AnyInvocable<void() &&> preprocess = [this, call, model, image, where,
-                                              arrival = Arrival(model->scheduler.get()),
+                                              admission = Admission(model->scheduler.get()),
                                               respond = std::move(respond)]() mutable {
     const absl::Time start = absl::Now();
     if (start >= call->deadline()) {
@@ -191,10 +184,7 @@ void VisionService::Infer(Call* call, ServedModel* model, const v1::Image* image
     };
     auto request = std::make_unique<InferenceRequest>(std::move(resized), call->deadline(), call->cancelled_flag(),
                                                       std::move(done));
-    // Submit ends the arrival, as the request is queued: the batch this request can join
-    // does not leave without it.
-    arrival.EndedBySubmit();
-    absl::Status submitted = model->scheduler->Submit(&request);
+    absl::Status submitted = admission.Submitting()->Submit(&request);
     if (!submitted.ok()) {
       call->Answer(absl::Status(submitted.code(), absl::StrCat("model \"", model->spec->name, "\" version ",
                                                                model->version, ": ", submitted.message())));

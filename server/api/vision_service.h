@@ -23,9 +23,8 @@ class VisionService final : public care::vision::v1::VisionService::CallbackServ
   void SetRepository(const ModelRepository* repository) { repository_.store(repository); }
   // From now on model RPCs answer UNAVAILABLE: the server is shutting down.
   void StartDraining() { draining_.store(true); }
-  // Waits until no RPC is being served (those in flight have been answered) or `deadline`
-  // passes; returns how many are still in flight.
-  int WaitIdle(absl::Time deadline) const;
+  // RPCs received and not yet answered.
+  int InFlight() const { return active_.load(); }
 
   grpc::ServerUnaryReactor* Classify(grpc::CallbackServerContext* context,
                                      const care::vision::v1::ClassifyRequest* request,

@@ -59,29 +59,20 @@ class TorchModel {
   ~TorchModel();
 
   // Runs the network on `batch` images stored as float32 NCHW at `input` (owned by the
-  // caller, not copied, not modified), on one of the engine's runner threads (see
-  // ConfigureTorch); blocks until done. Thread-safe: executors may share one model.
+  // caller, not copied, not modified), on the calling thread with its intra-op threads
+  // (the scheduler's engine threads: openmp_threads.h). Thread-safe.
   absl::StatusOr<BatchOutputs> Run(float* input, int batch, int height, int width) const;
 
  private:
-  absl::StatusOr<BatchOutputs> RunHere(float* input, int batch, int height, int width) const;
   struct Impl;
   explicit TorchModel(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 
-// Process-wide LibTorch settings, before any model loads. All LibTorch work (loading,
-// optimising, every batch of every model) runs on `runners` dedicated threads with
-// `intra_op_threads` intra-op threads each: at most `runners` batches run at once, and
-// OpenMP keeps one team per runner (more teams than cores make GNU OpenMP sleep between
-// parallel regions, ~30% slower here). Also flushes denormals to zero (random or badly
-// scaled weights otherwise run up to 50x slower). LibTorch's own default here is 1
-// intra-op thread. A batch that runs alone (no other batch running or waiting) runs on
-// runner 0 with `lone_threads` intra-op threads (at least intra_op_threads); after it, if
-// it ran on more than one thread and nothing else came meanwhile, that runner and its team
-// stay awake, spinning and yielding, until the next job is submitted or `lone_spin_us`
-// pass (0: they sleep at once).
-void ConfigureTorch(int intra_op_threads, int runners, int inter_op_threads, int lone_threads, int lone_spin_us);
+// Process-wide LibTorch settings, before any model loads: denormals flushed to zero
+// (random or badly scaled weights otherwise run up to 50x slower), the intra-op threads a
+// thread starts with, and the inter-op threads.
+void ConfigureTorch(int intra_op_threads, int inter_op_threads);
 
 std::string TorchVersion();
 

@@ -68,6 +68,12 @@ ServerMetrics::ServerMetrics()
                    .Help("Batches run, by the LibTorch intra-op threads they ran with (a batch running alone gets "
                          "--lone_batch_threads).")
                    .Register(*registry_)),
+      shed_(prometheus::BuildCounter()
+                .Name("care_requests_shed_total")
+                .Help("Requests answered without being computed, by reason: queue_full (RESOURCE_EXHAUSTED at "
+                      "admission), deadline_predicted (DEADLINE_EXCEEDED: could not finish in time given the queue "
+                      "ahead and the batch times), deadline_passed, cancelled.")
+                .Register(*registry_)),
       queue_depth_(prometheus::BuildGauge()
                        .Name("care_queue_depth")
                        .Help("Requests waiting in the model's batching queue.")
@@ -107,6 +113,7 @@ ModelMetrics* ServerMetrics::ForModel(const std::string& model) {
         &inference_seconds_.Add(labels, LatencyBuckets()),
         &batch_size_.Add(labels, BatchSizeBuckets()),
         &batches_,
+        &shed_,
         model,
         &queue_depth_.Add(labels),
         &queue_capacity_.Add(labels),
@@ -118,6 +125,10 @@ ModelMetrics* ServerMetrics::ForModel(const std::string& model) {
 
 void ModelMetrics::CountBatch(int threads) const {
   batches->Add({{"model", model}, {"threads", std::to_string(threads)}}).Increment();
+}
+
+void ModelMetrics::CountShed(const std::string& reason) const {
+  shed->Add({{"model", model}, {"reason", reason}}).Increment();
 }
 
 void ServerMetrics::ObserveRequest(const std::string& method, const std::string& model, const std::string& code,

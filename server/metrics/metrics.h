@@ -27,6 +27,10 @@ struct ModelMetrics {
   // care_batches_total{model, threads}: one more batch run with `threads` intra-op threads.
   void CountBatch(int threads) const;
   prometheus::Family<prometheus::Counter>* batches;
+  // care_requests_shed_total{model, reason}: a request answered without running (see
+  // Shed in server/scheduler/batch_scheduler.h for the reasons).
+  void CountShed(const std::string& reason) const;
+  prometheus::Family<prometheus::Counter>* shed;
   std::string model;
   prometheus::Gauge* queue_depth;
   prometheus::Gauge* queue_capacity;
@@ -62,6 +66,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Histogram>& inference_seconds_;
   prometheus::Family<prometheus::Histogram>& batch_size_;
   prometheus::Family<prometheus::Counter>& batches_;
+  prometheus::Family<prometheus::Counter>& shed_;
   prometheus::Family<prometheus::Gauge>& queue_depth_;
   prometheus::Family<prometheus::Gauge>& inflight_;
   prometheus::Family<prometheus::Gauge>& queue_capacity_;

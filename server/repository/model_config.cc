@@ -58,18 +58,14 @@ absl::Status ApplyInput(const ModelConfig& config, Task task, InputSpec* input) 
   return input->Validate();
 }
 
-absl::Status ApplyBatching(const ModelConfig& config, BatchOptions* batching) {
+absl::Status ApplyBatching(const ModelConfig& config, QueueOptions* batching) {
   const auto& b = config.batching();
   if (b.has_max_batch_size()) batching->max_batch_size = b.max_batch_size();
   if (b.has_max_queue_delay_us()) batching->max_queue_delay = absl::Microseconds(b.max_queue_delay_us());
   if (b.has_queue_capacity()) batching->queue_capacity = b.queue_capacity();
   if (b.has_instances()) batching->instances = b.instances();
-  if (batching->max_batch_size > 1024) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("batching.max_batch_size must be at most 1024, got ", batching->max_batch_size));
-  }
-  if (batching->instances > 64) {
-    return absl::InvalidArgumentError(absl::StrCat("batching.instances must be at most 64, got ", batching->instances));
+  if (b.has_instances() && b.instances() < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("batching.instances must be >= 1, got ", b.instances()));
   }
   absl::Status status = batching->Validate();
   if (!status.ok()) return absl::InvalidArgumentError(absl::StrCat("batching.", status.message()));
@@ -177,7 +173,6 @@ absl::StatusOr<ModelSpec> SpecFromConfig(const ModelConfig& config, const std::v
   spec.is_default = config.has_default_() && config.default_();
   if (absl::Status s = ApplyInput(config, spec.task, &spec.input); !s.ok()) return s;
   if (absl::Status s = ApplyBatching(config, &spec.batching); !s.ok()) return s;
-  spec.instances_configured = config.batching().has_instances();
   if (absl::Status s = ApplyPostprocess(config, &spec.postprocess); !s.ok()) return s;
   return spec;
 }

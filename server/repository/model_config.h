@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "server/batching/batcher.h"
+#include "server/scheduler/batch_scheduler.h"
 #include "server/preprocess/resize.h"
 
 namespace careserve {
@@ -32,10 +32,8 @@ struct ModelSpec {
   // "random" or "checkpoint".
   std::string weights_source;
   InputSpec input;
-  BatchOptions batching;
-  // batching.instances was given in config.json; otherwise the repository sets one
-  // instance per engine runner (RepositoryOptions::default_instances).
-  bool instances_configured = false;
+  // batching.instances 0 (left out of config.json): every engine thread may run the model.
+  QueueOptions batching;
   DetectionDefaults postprocess;
   std::vector<std::string> labels;
   bool is_default = false;

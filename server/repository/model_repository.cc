@@ -50,7 +50,6 @@ absl::StatusOr<std::unique_ptr<ModelRepository>> ModelRepository::Load(const std
   std::sort(dirs.begin(), dirs.end());
 
   std::unique_ptr<ModelRepository> repo(new ModelRepository());
-  repo->root_ = root;
   for (const fs::path& dir : dirs) {
     auto model = std::make_unique<RepositoryModel>();
     model->name = dir.filename().string();
@@ -79,7 +78,6 @@ void ModelRepository::LoadModel(const std::string& dir, RepositoryModel* model, 
     return;
   }
   model->spec = std::move(*spec);
-  if (!model->spec->instances_configured) model->spec->batching.instances = std::max(1, options.default_instances);
   const ModelSpec& s = *model->spec;
 
   std::vector<int64_t> versions;
@@ -105,13 +103,16 @@ void ModelRepository::LoadModel(const std::string& dir, RepositoryModel* model, 
       model->errors.push_back(absl::StrCat("version ", version, ": ", path, " is missing"));
       continue;
     }
-    absl::StatusOr<std::unique_ptr<TorchModel>> engine = TorchModel::Load(path, options.engine);
+    // On an engine thread, like all LibTorch work (batch_scheduler.h says why).
+    absl::StatusOr<std::unique_ptr<TorchModel>> engine = absl::InternalError("not loaded");
+    options.scheduler->RunOnEngineThread([&] { engine = TorchModel::Load(path, options.engine); });
     if (!engine.ok()) {
       model->errors.push_back(absl::StrCat("version ", version, ": ", engine.status().message()));
       continue;
     }
     served->engine = std::move(*engine);
-    served->scheduler = std::make_unique<ModelScheduler>(s, served->engine.get(), model_metrics);
+    served->scheduler = std::make_unique<ModelScheduler>(s, served->engine.get(), model_metrics, options.batch_policy,
+                                                         options.scheduler);
     const absl::Time loaded = absl::Now();
     if (absl::Status warm = served->scheduler->Warmup(options.warmup_runs); !warm.ok()) {
       model->errors.push_back(absl::StrCat("version ", version, ": warm-up failed: ", warm.message()));
@@ -126,7 +127,11 @@ void ModelRepository::LoadModel(const std::string& dir, RepositoryModel* model, 
          {"input", absl::StrCat(s.input.height, "x", s.input.width)},
          {"classes", std::to_string(s.num_classes)},
          {"max_batch_size", std::to_string(s.batching.max_batch_size)},
-         {"instances", std::to_string(s.batching.instances)},
+         {"instances", s.batching.instances > 0 ? std::to_string(s.batching.instances) : "all"},
+         {"batch_ms", absl::StrCat(absl::ToDoubleMilliseconds(served->scheduler->EstimatedBatchTime(1)), " (1), ",
+                                   absl::ToDoubleMilliseconds(served->scheduler->EstimatedBatchTime(
+                                       s.batching.max_batch_size)),
+                                   " (", s.batching.max_batch_size, ")")},
          {"load_ms", std::to_string(absl::ToInt64Milliseconds(loaded - start))},
          {"warmup_ms", std::to_string(absl::ToInt64Milliseconds(absl::Now() - loaded))}});
     if (s.weights_source == "random") {

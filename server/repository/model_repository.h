@@ -23,10 +23,10 @@ struct RepositoryOptions {
   bool strict = false;
   // Warm-up passes (batch 1 and max_batch_size) before a version is served.
   int warmup_runs = 2;
-  // batching.instances of models whose config.json leaves it out: care-server uses its
-  // --engine_runners, so that every runner can work on every model.
-  int default_instances = 1;
   EngineOptions engine;
+  // Runs every model's batches, loading and warm-up; must outlive the repository.
+  SharedBatchScheduler* scheduler = nullptr;
+  BatchPolicy batch_policy = BatchPolicy::kAdaptive;
 };
 
 // One loaded version, ready to take requests.
@@ -70,7 +70,6 @@ class ModelRepository {
                  ServerMetrics* metrics);
   void ChooseDefaults();
 
-  std::string root_;
   std::vector<std::unique_ptr<RepositoryModel>> models_;
   std::map<Task, const RepositoryModel*> defaults_;
   std::map<Task, std::string> no_default_reason_;

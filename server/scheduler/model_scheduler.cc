@@ -13,37 +13,26 @@ std::string ShapeText(const std::vector<int64_t>& shape) { return absl::StrCat("
 
 }  // namespace
 
-ModelScheduler::ModelScheduler(const ModelSpec& spec, const TorchModel* model, ModelMetrics* metrics)
-    : spec_(spec), model_(model), metrics_(metrics) {
+ModelScheduler::ModelScheduler(const ModelSpec& spec, const TorchModel* model, ModelMetrics* metrics,
+                               BatchPolicy policy, SharedBatchScheduler* scheduler)
+    : spec_(spec), model_(model), metrics_(metrics), scheduler_(scheduler) {
   metrics_->queue_capacity->Set(spec_.batching.queue_capacity);
-  batcher_ = std::make_unique<Batcher<InferenceRequest>>(
-      spec_.batching, [this](Batch batch) { RunBatch(std::move(batch)); }, RealClock::Get(),
-      [this] { return arriving_.load() > 0; });
+  QueueOptions options = spec_.batching;
+  options.name = spec_.name;
+  options.policy = policy;
+  queue_ = scheduler_->AddQueue(
+      options, [this](Batch batch) { RunBatch(std::move(batch)); },
+      [this](Shed reason) { metrics_->CountShed(ShedName(reason)); });
 }
 
 ModelScheduler::~ModelScheduler() { Stop(); }
 
-void ModelScheduler::Stop() { batcher_->Stop(); }
-
 absl::Status ModelScheduler::Submit(std::unique_ptr<InferenceRequest>* request) {
-  // The request stops arriving as it is queued, under the batcher's lock. Ended after
-  // Submit instead, an executor woken by the submission (often on the submitting thread's
-  // core, ahead of it) found the request still arriving, went back to wait for it, and
-  // was woken again by Arrived: two wake-ups for one request.
-  absl::Status status = batcher_->Submit(request, [this] { arriving_.fetch_sub(1); });
-  if (!status.ok()) Arrived();
-  metrics_->queue_depth->Set(batcher_->QueueDepth());
+  std::unique_ptr<BatchTask> task = std::move(*request);
+  absl::Status status = queue_->Submit(&task);
+  if (!status.ok()) request->reset(static_cast<InferenceRequest*>(task.release()));
+  metrics_->queue_depth->Set(queue_->QueueDepth());
   return status;
-}
-
-absl::Status ModelScheduler::Admit() {
-  const int arriving = arriving_.fetch_add(1) + 1;
-  const int queued = batcher_->QueueDepth();
-  if (arriving + queued <= spec_.batching.queue_capacity) return absl::OkStatus();
-  Arrived();
-  return absl::ResourceExhaustedError(absl::StrCat("queue full: ", spec_.batching.queue_capacity,
-                                                   " requests already waiting (", queued, " queued, ",
-                                                   arriving - 1, " being decoded)"));
 }
 
 std::unique_ptr<std::vector<float>> ModelScheduler::TakeBuffer() {
@@ -66,13 +55,14 @@ void ModelScheduler::ReturnBuffer(std::unique_ptr<std::vector<float>> buffer) {
 
 void ModelScheduler::RunBatch(Batch batch) {
   const absl::Time start = absl::Now();
-  metrics_->queue_depth->Set(batcher_->QueueDepth());
+  metrics_->queue_depth->Set(queue_->QueueDepth());
   const int n = static_cast<int>(batch.size());
   const size_t image_floats = static_cast<size_t>(3) * spec_.input.height * spec_.input.width;
   std::unique_ptr<std::vector<float>> buffer = TakeBuffer();
   for (int i = 0; i < n; ++i) {
     metrics_->queue_seconds->Observe(absl::ToDoubleSeconds(start - batch[i].enqueued));
-    NormalizeInto(batch[i].task->image(), spec_.input, buffer->data() + i * image_floats);
+    const auto& request = static_cast<const InferenceRequest&>(*batch[i].task);
+    NormalizeInto(request.image(), spec_.input, buffer->data() + i * image_floats);
   }
   absl::StatusOr<BatchOutputs> outputs = model_->Run(buffer->data(), n, spec_.input.height, spec_.input.width);
   ReturnBuffer(std::move(buffer));
@@ -81,10 +71,11 @@ void ModelScheduler::RunBatch(Batch batch) {
   if (outputs.ok()) metrics_->CountBatch(outputs->intra_op_threads);
   absl::Status status = outputs.ok() ? CheckOutputs(*outputs, n) : outputs.status();
   for (int i = 0; i < n; ++i) {
+    auto& request = static_cast<InferenceRequest&>(*batch[i].task);
     if (status.ok()) {
-      batch[i].task->Complete(*outputs, i);
+      request.Complete(*outputs, i);
     } else {
-      batch[i].task->Fail(status);
+      request.Fail(status);
     }
   }
 }
@@ -123,16 +114,37 @@ absl::Status ModelScheduler::CheckOutputs(const BatchOutputs& outputs, int batch
 }
 
 absl::Status ModelScheduler::Warmup(int runs) {
-  std::vector<int> sizes = {1};
-  if (spec_.batching.max_batch_size > 1) sizes.push_back(spec_.batching.max_batch_size);
+  std::vector<int> sizes;
+  for (int b = 1; b < spec_.batching.max_batch_size; b *= 2) sizes.push_back(b);
+  sizes.push_back(spec_.batching.max_batch_size);
+  const int lone = scheduler_->options().lone_batch_threads;
+  const bool lone_differs = lone > scheduler_->options().threads_per_batch;
   std::unique_ptr<std::vector<float>> buffer = TakeBuffer();
   std::fill(buffer->begin(), buffer->end(), 0.0f);
   absl::Status status;
-  for (int run = 0; run < std::max(runs, 1) && status.ok(); ++run) {
+  auto run = [&](int n, int threads) -> absl::Duration {
+    absl::Time start;
+    absl::Duration took;
+    scheduler_->RunOnEngineThread(
+        [&] {
+          start = absl::Now();
+          absl::StatusOr<BatchOutputs> outputs = model_->Run(buffer->data(), n, spec_.input.height, spec_.input.width);
+          took = absl::Now() - start;
+          status = outputs.ok() ? CheckOutputs(*outputs, n) : outputs.status();
+        },
+        threads);
+    return took;
+  };
+  for (int pass = 0; pass < std::max(runs, 1) && status.ok(); ++pass) {
+    const bool last = pass == std::max(runs, 1) - 1;
     for (int n : sizes) {
-      absl::StatusOr<BatchOutputs> outputs = model_->Run(buffer->data(), n, spec_.input.height, spec_.input.width);
-      status = outputs.ok() ? CheckOutputs(*outputs, n) : outputs.status();
+      const absl::Duration took = run(n, 0);
       if (!status.ok()) break;
+      if (last) queue_->RecordBatchTime(n, took);
+    }
+    if (status.ok() && lone_differs) {
+      const absl::Duration took = run(1, lone);
+      if (status.ok() && last) queue_->RecordBatchTime(1, took, /*lone=*/true);
     }
   }
   ReturnBuffer(std::move(buffer));

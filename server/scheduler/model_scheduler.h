@@ -1,7 +1,7 @@
-// One model version's dynamic batching and execution: requests (already decoded and
-// resized) wait in a Batcher; each executor takes a batch, normalises its images straight
-// into a reusable batch buffer, runs the TorchScript model once and hands every request
-// its row of the outputs.
+// One model version on the shared scheduler: its queue, and the batch it runs there. Each
+// batch normalises its images straight into a reusable batch buffer, runs the TorchScript
+// model once on the engine thread it was given and hands every request its row of the
+// outputs.
 #pragma once
 
 #include <atomic>
@@ -12,16 +12,16 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "server/batching/batcher.h"
 #include "server/engine/torch_model.h"
 #include "server/metrics/metrics.h"
 #include "server/preprocess/resize.h"
 #include "server/repository/model_config.h"
+#include "server/scheduler/batch_scheduler.h"
 
 namespace careserve {
 
-// One image waiting for inference: the batcher's task.
-class InferenceRequest {
+// One image waiting for inference.
+class InferenceRequest final : public BatchTask {
  public:
   // Called exactly once: with OK, the batch outputs and this request's row in them; or
   // with the reason the request was not run (outputs null).
@@ -31,9 +31,9 @@ class InferenceRequest {
       : image_(std::move(image)), deadline_(deadline), cancelled_(cancelled), done_(std::move(done)) {}
 
   const ResizedImage& image() const { return image_; }
-  absl::Time deadline() const { return deadline_; }
-  bool cancelled() const { return cancelled_ != nullptr && cancelled_->load(std::memory_order_relaxed); }
-  void Fail(absl::Status status) { std::move(done_)(std::move(status), nullptr, -1); }
+  absl::Time deadline() const override { return deadline_; }
+  bool cancelled() const override { return cancelled_ != nullptr && cancelled_->load(std::memory_order_relaxed); }
+  void Fail(absl::Status status) override { std::move(done_)(std::move(status), nullptr, -1); }
   void Complete(const BatchOutputs& outputs, int row) { std::move(done_)(absl::OkStatus(), &outputs, row); }
 
  private:
@@ -45,51 +45,45 @@ class InferenceRequest {
 
 class ModelScheduler {
  public:
-  // `spec`, `model` and `metrics` must outlive the scheduler (the repository owns them).
-  ModelScheduler(const ModelSpec& spec, const TorchModel* model, ModelMetrics* metrics);
+  // `spec`, `model`, `metrics` and `scheduler` must outlive this (the repository owns the
+  // first three, the server the scheduler).
+  ModelScheduler(const ModelSpec& spec, const TorchModel* model, ModelMetrics* metrics, BatchPolicy policy,
+                 SharedBatchScheduler* scheduler);
   // Runs what is queued, then stops.
   ~ModelScheduler();
 
-  // Queues *request (taking it), or returns why not (RESOURCE_EXHAUSTED when the queue is
-  // full, UNAVAILABLE when stopping) and leaves it with the caller. Either way it ends the
-  // request's admission (see Admit): do not call Arrived for it as well.
+  // Before decoding: counts the request against the queue's capacity (see BatchQueue::Admit).
+  absl::Status Admit() { return queue_->Admit(); }
+  // An admitted request answered before it was submitted.
+  void Abandon() { queue_->Abandon(); }
+  // Queues an admitted request (taking it), or returns why not and leaves it with the caller.
   absl::Status Submit(std::unique_ptr<InferenceRequest>* request);
 
-  // Runs `runs` all-zero batches of 1 and of max_batch_size images and checks the outputs
-  // have the task's signature (classification: [N, num_classes]; detection: boxes
-  // [N, K, 4], scores [N, K], labels [N, K]; segmentation: [N, num_classes, H/4, W/4]).
+  // `runs` passes of all-zero batches of 1, 2, 4, ... up to max_batch_size images (and of
+  // 1 alone on the lone batch threads), on the engine threads. Checks the outputs have the
+  // task's signature (classification: [N, num_classes]; detection: boxes [N, K, 4], scores
+  // [N, K], labels [N, K]; segmentation: [N, num_classes, H/4, W/4]), and gives the queue
+  // the last pass's batch times, its batch-time curve.
   absl::Status Warmup(int runs);
 
-  void Stop();
-  int QueueDepth() const { return batcher_->QueueDepth(); }
-
-  // Admits a request for preprocessing, or returns RESOURCE_EXHAUSTED when the requests
-  // being preprocessed plus those queued already fill queue_capacity: under overload the
-  // refusal comes before the image is decoded, and the backlog (memory, latency) of
-  // admitted requests stays bounded by the queue. An admitted request is arriving: the
-  // batcher waits for it (up to max_queue_delay) rather than run a partial batch without it.
-  absl::Status Admit();
-  // It will never be submitted (answered early). Call at most once per admission, and not
-  // for one that went to Submit.
-  void Arrived() {
-    if (arriving_.fetch_sub(1) == 1) batcher_->Wake();
-  }
+  void Stop() { queue_->Stop(); }
+  int QueueDepth() const { return queue_->QueueDepth(); }
+  absl::Duration EstimatedBatchTime(int batch) const { return queue_->EstimatedBatchTime(batch); }
 
  private:
-  using Batch = Batcher<InferenceRequest>::Batch;
   void RunBatch(Batch batch);
   absl::Status CheckOutputs(const BatchOutputs& outputs, int batch) const;
-  // A batch input buffer, max_batch_size x 3 x H x W floats; one per executor at most.
+  // A batch input buffer, max_batch_size x 3 x H x W floats; one per engine thread at most.
   std::unique_ptr<std::vector<float>> TakeBuffer();
   void ReturnBuffer(std::unique_ptr<std::vector<float>> buffer);
 
   const ModelSpec& spec_;
   const TorchModel* const model_;
   ModelMetrics* const metrics_;
+  SharedBatchScheduler* const scheduler_;
   absl::Mutex buffers_mu_;
   std::vector<std::unique_ptr<std::vector<float>>> buffers_ ABSL_GUARDED_BY(buffers_mu_);
-  std::atomic<int> arriving_{0};
-  std::unique_ptr<Batcher<InferenceRequest>> batcher_;
+  std::unique_ptr<BatchQueue> queue_;
 };
 
 }  // namespace careserve

@@ -29,7 +29,7 @@ TEST(ModelConfig, ClassificationDefaults) {
   EXPECT_EQ(spec->batching.max_batch_size, 16);
   EXPECT_EQ(spec->batching.max_queue_delay, absl::Microseconds(2000));
   EXPECT_EQ(spec->batching.queue_capacity, 256);
-  EXPECT_EQ(spec->batching.instances, 1);
+  EXPECT_EQ(spec->batching.instances, 0);  // every engine thread
   EXPECT_EQ(spec->weights_source, "unknown");
   EXPECT_FALSE(spec->is_default);
 }

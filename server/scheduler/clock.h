@@ -1,4 +1,4 @@
-// Time source of the batcher, replaceable in tests.
+// Time source of the scheduler, replaceable in tests.
 #pragma once
 
 #include <vector>
