@@ -222,6 +222,34 @@ def open_loop(settings):
     return {"capacity": capacity, "c1": c1, "rows": rows}
 
 
+def plot_open_loop(settings, sweep):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for policy, style in [("adaptive", "o-"), ("fixed_delay", "s--")]:
+        rows = [r for r in sweep["rows"] if r["policy"] == policy]
+        x = [100 * r["share"] for r in rows]
+        ax.plot(x, [r["latency_ms"]["p50"] for r in rows], style, label=f"{policy} p50")
+        ax.plot(x, [r["latency_ms"]["p99"] for r in rows], style, alpha=0.45, label=f"{policy} p99")
+    c1 = sweep["c1"]["latency_ms"]["p50"]
+    for bound, share in [(3, 50), (5, 70)]:
+        ax.plot([share], [bound * c1], "kx")
+        ax.annotate(f"target p99 <= {bound}x c1 p50", (share, bound * c1), fontsize=7, textcoords="offset points",
+                    xytext=(4, -10))
+    ax.set_xlabel(f"offered load (% of capacity, {sweep['capacity']['throughput_rps']:.0f} req/s), Poisson arrivals")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("classify 224x224 JPEG: open loop, by batch policy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    path = os.path.join(settings.plots, "open_loop.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def table_open_loop(sweep):
     c1 = sweep["c1"]["latency_ms"]["p50"]
     lines = ["| offered (share of capacity) | policy | delivered req/s | delivered / offered | p50 (ms) | p99 (ms) | "
@@ -245,12 +273,12 @@ def open_loop_targets(sweep):
         lines.append(f"| Poisson arrivals at {share:.0%} of capacity: p99 <= {bound}x the concurrency-1 p50 | "
                      f"{p99:.1f} ms vs {c1:.1f} ms = {p99 / c1:.1f}x (fixed_delay: "
                      f"{by[('fixed_delay', share)]['latency_ms']['p99'] / c1:.1f}x) | "
-                     f"{'yes' if p99 <= bound * c1 else 'no'} |")
+                     f"{'yes' if p99 <= bound * c1 else '**no**'} |")
     r = by[("adaptive", 0.9)]
     errors = sum(r["errors"].values())
     ratio = r["throughput_rps"] / r["rate"]
     lines.append(f"| Poisson arrivals at 90% of capacity: delivered >= 97% of offered, no errors | {ratio:.1%}, "
-                 f"{errors} errors | {'yes' if ratio >= 0.97 and errors == 0 else 'no'} |")
+                 f"{errors} errors | {'yes' if ratio >= 0.97 and errors == 0 else '**no**'} |")
     return lines
 
 
@@ -533,6 +561,7 @@ def main():
         server.stop()
     log("open loop: Poisson arrivals, adaptive and fixed_delay batching")
     sweep = open_loop(settings)
+    open_loop_plot = plot_open_loop(settings, sweep)
     log("python baseline")
     baseline_rows = python_baseline(settings)
     for r in baseline_rows:
@@ -555,9 +584,10 @@ def main():
         "",
         "Models: the default repository (`scripts/default_repository.sh`): CARE-S0 ImageNet 224x224 "
         "(`max_batch_size` 8), RetinaNet COCO and Semantic FPN ADE20K at 512x512 (`max_batch_size` 4); random "
-        "weights (speed does not depend on them). care-server with its defaults (one engine runner per core with "
-        "one intra-op thread each, all cores for a batch running alone, one executor per runner for each model, "
-        "preprocessing threads = half the cores) unless a row says otherwise.",
+        "weights (speed does not depend on them). care-server with its defaults (the shared scheduler's engine "
+        "threads, one per core with one intra-op thread each, serving every model; adaptive batch sizing; all cores "
+        "for a batch running alone where the model's warm-up measured that faster; preprocessing threads = half "
+        "the cores) unless a row says otherwise.",
         "",
         "## Targets (CARE-S0, 224x224 JPEG Classify)",
         "",
@@ -578,6 +608,8 @@ def main():
         "and port).",
         "",
         *table_open_loop(sweep),
+        "",
+        f"![open loop]({os.path.relpath(open_loop_plot, settings.out)})",
         "",
         "## Engine ceiling: in-process LibTorch, no server",
         "",
