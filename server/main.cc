@@ -58,8 +58,8 @@ ABSL_FLAG(int, lone_batch_threads, 0,
           "request at concurrency 1 (0: one per core, for the models whose warm-up measured that faster; N: N "
           "threads for every model; 1, or at most --intra_op_threads: the same as any batch).");
 ABSL_FLAG(int, lone_batch_spin_us, 5000,
-          "After a batch that ran alone on several threads, those threads stay awake (spinning, yielding to "
-          "any other thread) until the next batch is submitted or this many microseconds pass, instead of "
+          "After a batch that ran alone, its engine thread (and its OpenMP team) stay awake (spinning, yielding "
+          "to any other thread) until the next batch is submitted or this many microseconds pass, instead of "
           "sleeping at once: a concurrency-1 request then starts on awake cores (0: off; it costs idle CPU "
           "time, so consider 0 under a CPU limit below the cores; at most 1000000).");
 ABSL_FLAG(int, inter_op_threads, 1, "LibTorch inter-op threads (the models here have no parallel branches).");

@@ -216,7 +216,7 @@ int SharedBatchScheduler::BusyThreads() const {
 void SharedBatchScheduler::WakeIdle() {
   if (idle_.empty()) return;
   auto pick = idle_.end() - 1;
-  if (BusyThreads() == 0 && options_.lone_batch_threads > options_.threads_per_batch) {
+  if (BusyThreads() == 0) {
     if (auto zero = std::find(idle_.begin(), idle_.end(), 0); zero != idle_.end()) pick = zero;
   }
   Thread& t = threads_[*pick];
@@ -284,14 +284,14 @@ SharedBatchScheduler::Work SharedBatchScheduler::TakeWork(int index, absl::Time 
       // Deadline first: gRPC cancels a call whose deadline passed, and the expiry is the
       // reason worth reporting.
       if (deadline <= now) {
-        work.shed.emplace_back(&q, Shed::kDeadlinePassed);
+        work.shed.push_back(Shed::kDeadlinePassed);
         work.dropped.emplace_back(std::move(t.task), absl::DeadlineExceededError(absl::StrCat(
             "deadline passed after ", absl::FormatDuration(now - t.enqueued), " in the queue, before its batch ran")));
       } else if (t.task->cancelled()) {
-        work.shed.emplace_back(&q, Shed::kCancelled);
+        work.shed.push_back(Shed::kCancelled);
         work.dropped.emplace_back(std::move(t.task), absl::CancelledError("cancelled before its batch ran"));
       } else if (now + kOptimism * estimate > deadline) {
-        work.shed.emplace_back(&q, Shed::kDeadlinePredicted);
+        work.shed.push_back(Shed::kDeadlinePredicted);
         work.dropped.emplace_back(std::move(t.task), absl::DeadlineExceededError(absl::StrCat(
             "cannot finish by the deadline (", Millis(deadline - now), " from now) after ",
             absl::FormatDuration(now - t.enqueued), " in the queue: its batch of ", size, " takes about ",
@@ -300,13 +300,12 @@ SharedBatchScheduler::Work SharedBatchScheduler::TakeWork(int index, absl::Time 
         work.batch.push_back(std::move(t));
       }
     }
-    if (work.batch.empty()) {
-      if (q.stopping_ && q.tasks_.empty() && q.running_ == 0) done_cv_.SignalAll();
-      return work;  // only dropped tasks: answer them, then look again
-    }
-    next_queue_ = (at + 1) % n;
+    // The queue counts its tasks as running until they are answered, so that Stop (and
+    // the queue's owner) waits for those dropped here too.
     ++q.running_;
     work.queue = &q;
+    if (work.batch.empty()) return work;  // only dropped tasks: answer them, then look again
+    next_queue_ = (at + 1) % n;
     const int taken = static_cast<int>(work.batch.size());
     const bool lone = index == 0 && options_.lone_batch_threads > options_.threads_per_batch && BusyThreads() == 1 &&
                       !AnyReady(now) &&
@@ -337,7 +336,7 @@ void SharedBatchScheduler::Loop(int index) {
     }
     const absl::Time now = clock_->Now();
     Work work = TakeWork(index, now);
-    if (work.queue == nullptr && work.dropped.empty()) {
+    if (work.queue == nullptr) {
       if (stopping_) return;
       me.busy = false;
       me.busy_until = now;
@@ -350,14 +349,15 @@ void SharedBatchScheduler::Loop(int index) {
       continue;
     }
     // More ready than this thread takes: another idle thread can start on it now.
-    if (work.queue != nullptr && AnyReady(now)) WakeIdle();
+    if (!work.batch.empty() && AnyReady(now)) WakeIdle();
     mu_.Unlock();
-    for (auto& [queue, reason] : work.shed) {
-      if (queue->shed_) queue->shed_(reason);
+    for (Shed reason : work.shed) {
+      if (work.queue->shed_) work.queue->shed_(reason);
     }
     for (auto& [task, status] : work.dropped) task->Fail(std::move(status));
-    if (work.queue == nullptr) {
+    if (work.batch.empty()) {
       mu_.Lock();
+      if (--work.queue->running_ == 0 && work.queue->stopping_ && work.queue->tasks_.empty()) done_cv_.SignalAll();
       continue;
     }
     const int size = static_cast<int>(work.batch.size());
@@ -373,8 +373,9 @@ void SharedBatchScheduler::Loop(int index) {
     --q.running_;
     me.busy_until = clock_->Now();
     if (q.stopping_ && q.tasks_.empty() && q.running_ == 0) done_cv_.SignalAll();
-    const bool stay_awake = work.threads > options_.threads_per_batch && options_.lone_batch_spin > absl::ZeroDuration() &&
-                            jobs_.empty() && !AnyReady(clock_->Now()) && BusyThreads() == 1 && !stopping_;
+    // Thread 0 after a batch that ran alone, with nothing else to do (one request at a time).
+    const bool stay_awake = index == 0 && options_.lone_batch_spin > absl::ZeroDuration() && jobs_.empty() &&
+                            !AnyReady(clock_->Now()) && BusyThreads() == 1 && !stopping_;
     if (stay_awake) {
       // Idle while it spins, so that the next request is handed to it (WakeIdle prefers
       // thread 0 for a lone batch) and the spin ends.

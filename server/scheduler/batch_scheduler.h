@@ -72,7 +72,8 @@ struct SchedulerOptions {
   // Only for models whose lone batches were measured faster on lone_batch_threads (the
   // default); false: every lone batch.
   bool lone_batch_where_faster = true;
-  // How long a lone batch's threads may stay awake after it (ThreadPolicy::StayAwake).
+  // How long engine thread 0 (and a lone batch's team) may stay awake after a batch that
+  // ran alone (ThreadPolicy::StayAwake).
   absl::Duration lone_batch_spin = absl::ZeroDuration();
 
   absl::Status Validate() const;
@@ -194,10 +195,10 @@ class SharedBatchScheduler {
   };
   // What an engine thread takes next.
   struct Work {
-    BatchQueue* queue = nullptr;
-    Batch batch;
+    BatchQueue* queue = nullptr;  // whose tasks these are
+    Batch batch;                  // to run (may be empty: only dropped ones)
     std::vector<std::pair<std::unique_ptr<BatchTask>, absl::Status>> dropped;
-    std::vector<std::pair<BatchQueue*, Shed>> shed;
+    std::vector<Shed> shed;
     int threads = 1;
     absl::Time wake_at = absl::InfiniteFuture();  // nothing ready: look again then
   };
@@ -210,8 +211,9 @@ class SharedBatchScheduler {
   bool AnyReady(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The job thread `index` may run next, if any.
   bool TakeJob(int index, Job* job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Wakes an idle thread for new work: engine thread 0 for a lone batch (it may use more
-  // threads), otherwise the one idle the shortest (its caches are the warmest).
+  // Wakes an idle thread for new work: engine thread 0 when no thread is busy (a lone batch
+  // may use more threads there, and it may still be awake), otherwise the one idle the
+  // shortest (its caches are the warmest).
   void WakeIdle() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int BusyThreads() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // When each engine thread frees up (now at the earliest), thread `except` left out; for a

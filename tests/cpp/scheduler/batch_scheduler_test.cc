@@ -359,16 +359,18 @@ TEST_F(SchedulerTest, ALoneBatchGetsMoreThreadsOnlyWhereThatWasMeasuredFaster) {
   Measure(fast, {{1, 330}});
   Measure(fast, {{1, 180}}, /*lone=*/true);
 
+  ASSERT_TRUE(AwaitIdle());  // both engine threads started
   ASSERT_TRUE(Send(slow, 1).ok());
   ASSERT_TRUE(runner_.AwaitBatches(1));
   EXPECT_EQ(runner_.batches()[0].threads, 1);
+  EXPECT_EQ(runner_.batches()[0].thread, 0);  // an idle server's next request goes to thread 0
   ASSERT_TRUE(AwaitIdle());
   ASSERT_TRUE(Send(fast, 2).ok());
   ASSERT_TRUE(fast_runner.AwaitBatches(1));
   EXPECT_EQ(fast_runner.batches()[0].thread, 0);  // only engine thread 0 runs wide batches
   EXPECT_EQ(fast_runner.batches()[0].threads, 2);
   ASSERT_TRUE(AwaitIdle());
-  EXPECT_EQ(policy_.stay_awake(), 1);  // and stays awake after it (not after the narrow one)
+  EXPECT_EQ(policy_.stay_awake(), 2);  // thread 0 stayed awake after each batch it ran alone
 
   // Two at once: each on one thread.
   fast_runner.Hold();
