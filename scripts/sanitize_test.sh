@@ -21,7 +21,7 @@ case $kind in
     ;;
   thread)
     # The scheduler unit tests, then the server under load (tests/sanitizers/tsan_server.sh).
-    # Not server_test: its test process is a gRPC client, and Debian's gRPC and protobuf are
+    # Not the server_*_test suites: their test process is a gRPC client, and Debian's gRPC and protobuf are
     # not built with TSan, so its callbacks race with gRPC's threads as far as TSan can see,
     # and protobuf's Map templates compiled with TSan crash against the uninstrumented
     # library; several of its tests also time a load that TSan slows many times.
