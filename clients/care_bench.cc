@@ -37,14 +37,10 @@
 #include "care/vision/v1/vision.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "server/common/startup_env.h"
-#include "server/common/tls.h"
+#include "clients/tls_flags.h"
 #include "opencv2/imgcodecs.hpp"
 #include "opencv2/imgproc.hpp"
 
-ABSL_FLAG(bool, tls, false, "Connect over TLS (implied by the other --tls_* flags); trusts the system's CAs.");
-ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle trusted for the server's certificate (TLS).");
-ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate for mutual TLS (with --tls_key).");
-ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, server, "localhost:50051", "care-server address (any gRPC target).");
 ABSL_FLAG(std::string, task, "classify", "classify | detect | segment.");
 ABSL_FLAG(std::string, model, "", "Model name (default: the server's default for the task).");
@@ -236,8 +232,7 @@ int main(int argc, char** argv) {
     s.mutable_image()->set_encoded(image);
     requests.segment.push_back(s);
   }
-  auto credentials = careserve::MakeChannelCredentials({absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert),
-                                                        absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls)});
+  auto credentials = careserve::ChannelCredentialsFromFlags();
   if (!credentials.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(credentials.status().message()).c_str());
     return 64;

@@ -29,14 +29,10 @@
 #include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
-#include "server/common/tls.h"
+#include "clients/tls_flags.h"
 #include "opencv2/imgcodecs.hpp"
 #include "opencv2/imgproc.hpp"
 
-ABSL_FLAG(bool, tls, false, "Connect over TLS (implied by the other --tls_* flags); trusts the system's CAs.");
-ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle trusted for the server's certificate (TLS).");
-ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate for mutual TLS (with --tls_key).");
-ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, server, "localhost:50051",
           "care-server address: host:port, or a gRPC target such as dns:///careserve.ns.svc.cluster.local:50051.");
 ABSL_FLAG(std::string, load_balancing, "pick_first",
@@ -283,8 +279,7 @@ int main(int argc, char** argv) {
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(256 << 20);
   channel_args.SetLoadBalancingPolicyName(absl::GetFlag(FLAGS_load_balancing));
-  auto credentials = careserve::MakeChannelCredentials({absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert),
-                                                        absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls)});
+  auto credentials = careserve::ChannelCredentialsFromFlags();
   if (!credentials.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(credentials.status().message()).c_str());
     return kUsageError;

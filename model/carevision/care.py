@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.jit import Final
 
-from .registry import register_backbone
+from .registry import register_family
 
 # variant: depths, feature channels, memory channels, (r1, r2) per stage, classifier width
 CARE_VARIANTS = {
@@ -230,12 +230,4 @@ class CARE(nn.Module):
             return self.forward_head(self.forward_features(x)[-1])
 
 
-def _builder(variant: str):
-    def build(num_classes: int = 1000, dense: bool = False) -> CARE:
-        return CARE(**CARE_VARIANTS[variant], num_classes=num_classes, dense=dense)
-    build.__name__ = variant
-    return build
-
-
-for _name in CARE_VARIANTS:
-    register_backbone(_name, _builder(_name))
+register_family(CARE, CARE_VARIANTS)

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.jit import Final
 
-from .registry import register_backbone
+from .registry import register_family
 
 CASVIT_VARIANTS = {
     "casvit_xs": dict(layers=(2, 2, 4, 2), embed_dims=(48, 56, 112, 220)),
@@ -186,12 +186,4 @@ class RCViT(nn.Module):
             return self.forward_head(self._stages(x)[-1])
 
 
-def _builder(variant: str):
-    def build(num_classes: int = 1000, dense: bool = False) -> RCViT:
-        return RCViT(**CASVIT_VARIANTS[variant], num_classes=num_classes, dense=dense)
-    build.__name__ = variant
-    return build
-
-
-for _name in CASVIT_VARIANTS:
-    register_backbone(_name, _builder(_name))
+register_family(RCViT, CASVIT_VARIANTS)

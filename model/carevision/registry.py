@@ -12,6 +12,16 @@ def register_backbone(name: str, builder: Callable[..., nn.Module]) -> None:
     _BACKBONES[name] = builder
 
 
+def register_family(model_class: Callable[..., nn.Module], variants: Dict[str, dict]) -> None:
+    """Registers one builder per variant of a family: `model_class(**variants[name],
+    num_classes=..., dense=...)`."""
+    for name, config in variants.items():
+        def build(num_classes: int = 1000, dense: bool = False, _config=config) -> nn.Module:
+            return model_class(**_config, num_classes=num_classes, dense=dense)
+        build.__name__ = name
+        register_backbone(name, build)
+
+
 def list_backbones() -> List[str]:
     return sorted(_BACKBONES)
 

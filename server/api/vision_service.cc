@@ -243,9 +243,7 @@ grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* con
   auto* call = new Call(context, metrics_, &active_, "Detect");
   ServedModel* model = ResolveOrAnswer(call, request->model(), request->model_version(), Task::kDetection);
   if (model == nullptr) return call;
-  const DetectionDefaults& d = model->spec->postprocess;
-  absl::StatusOr<DetectOptions> options =
-      DetectOptionsFor(*request, DetectOptions{d.score_threshold, d.iou_threshold, d.max_detections});
+  absl::StatusOr<DetectOptions> options = DetectOptionsFor(*request, model->spec->postprocess);
   if (!options.ok()) {
     call->Answer(options.status());
     return call;

@@ -41,11 +41,6 @@ bool ThreadPool::RunHereIfIdle(absl::AnyInvocable<void() &&>& work) {
   return true;
 }
 
-int ThreadPool::Pending() const {
-  absl::MutexLock lock(&mu_);
-  return static_cast<int>(queue_.size());
-}
-
 void ThreadPool::WorkerLoop() {
   for (;;) {
     absl::AnyInvocable<void() &&> work;

@@ -30,8 +30,6 @@ class ThreadPool {
   // sleeping worker would cost a noticeable part of it.
   bool RunHereIfIdle(absl::AnyInvocable<void() &&>& work);
   int size() const { return size_; }
-  // Closures waiting for a worker.
-  int Pending() const;
 
  private:
   void WorkerLoop();

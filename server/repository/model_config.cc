@@ -72,7 +72,7 @@ absl::Status ApplyBatching(const ModelConfig& config, QueueOptions* batching) {
   return absl::OkStatus();
 }
 
-absl::Status ApplyPostprocess(const ModelConfig& config, DetectionDefaults* post) {
+absl::Status ApplyPostprocess(const ModelConfig& config, DetectOptions* post) {
   const auto& p = config.postprocess();
   if (p.has_score_threshold()) post->score_threshold = p.score_threshold();
   if (p.has_iou_threshold()) post->iou_threshold = p.iou_threshold();

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/scheduler/batch_scheduler.h"
+#include "server/postprocess/detect.h"
 #include "server/preprocess/resize.h"
 
 namespace careserve {
@@ -16,13 +17,6 @@ enum class Task { kClassification, kDetection, kSegmentation };
 
 const char* TaskName(Task task);
 absl::StatusOr<Task> ParseTask(const std::string& name);
-
-// Detection postprocessing defaults (a request's own values win).
-struct DetectionDefaults {
-  float score_threshold = 0.05f;
-  float iou_threshold = 0.5f;
-  int max_detections = 100;
-};
 
 struct ModelSpec {
   std::string name;
@@ -34,7 +28,8 @@ struct ModelSpec {
   InputSpec input;
   // batching.instances 0 (left out of config.json): every engine thread may run the model.
   QueueOptions batching;
-  DetectionDefaults postprocess;
+  // Detection postprocessing defaults (a request's own values win).
+  DetectOptions postprocess;
   std::vector<std::string> labels;
   bool is_default = false;
 };
