@@ -369,7 +369,7 @@ void SharedBatchScheduler::Loop(int index) {
     mu_.Lock();
     BatchQueue& q = *work.queue;
     // Each curve from its own kind of batch: lone ones ran on more threads.
-    (work.threads == options_.threads_per_batch ? q.times_ : q.lone_times_).Record(size, took);
+    (work.threads == options_.threads_per_batch ? q.times_ : q.lone_times_).Observe(size, took);
     --q.running_;
     me.busy_until = clock_->Now();
     if (q.stopping_ && q.tasks_.empty() && q.running_ == 0) done_cv_.SignalAll();

@@ -132,9 +132,9 @@ class BatchQueue {
   // caller, to answer at once.
   absl::Status Submit(std::unique_ptr<BatchTask>* task);
 
-  // The batch-time curves: the warm-up's measurements, then every batch that ran, on
-  // threads_per_batch threads or (`lone`) alone on lone_batch_threads. A batch runs alone
-  // on more threads only where that was measured to be faster.
+  // The batch-time curves' shapes, from the warm-up (batch_times.h), on threads_per_batch
+  // threads or (`lone`) alone on lone_batch_threads; every batch that runs then scales its
+  // curve. A batch runs alone on more threads only where that is estimated to be faster.
   void RecordBatchTime(int batch, absl::Duration took, bool lone = false);
   absl::Duration EstimatedBatchTime(int batch, bool lone = false) const;
 

@@ -30,10 +30,18 @@ TEST(BatchTimesTest, InterpolatesBetweenMeasuredSizesAndExtrapolatesPerImage) {
   EXPECT_EQ(BatchTimes().Estimate(3), absl::ZeroDuration());
 }
 
-TEST(BatchTimesTest, LaterMeasurementsMoveTheCurveATenthOfTheWay) {
-  BatchTimes t = Curve({{2, 20}});
-  t.Record(2, absl::Milliseconds(120));
-  EXPECT_NEAR(Ms(t.Estimate(2)), 30, 1e-6);
+TEST(BatchTimesTest, BatchesThatRunScaleTheWholeCurveATenthOfTheWay) {
+  BatchTimes t = Curve({{1, 10}, {4, 40}});
+  t.Observe(4, absl::Milliseconds(80));  // twice as slow as measured: scale 1 -> 1.1
+  EXPECT_NEAR(Ms(t.Estimate(4)), 44, 1e-6);
+  EXPECT_NEAR(Ms(t.Estimate(1)), 11, 1e-6);  // sizes that did not run move with it
+  for (int i = 0; i < 200; ++i) t.Observe(2, absl::Milliseconds(10));  // half as slow
+  EXPECT_NEAR(Ms(t.Estimate(2)), 10, 1e-3);
+  EXPECT_NEAR(Ms(t.Estimate(4)), 20, 1e-3);
+  EXPECT_EQ(t.MostEfficient(4), 1);  // the shape is the warm-up's
+  BatchTimes none;
+  none.Observe(1, absl::Milliseconds(5));
+  EXPECT_TRUE(none.empty());
 }
 
 TEST(BatchTimesTest, MostEfficientIsTheLeastTimePerImage) {
