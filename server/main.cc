@@ -248,9 +248,10 @@ int Run() {
   service.StartDraining();
   // Until every call is answered, those whose request is still arriving included (gRPC's
   // Shutdown cancels those: the client would see CANCELLED, not retryable), and no new call
-  // has begun for kDrainQuiet: a call that begins just as Shutdown starts is cancelled too,
-  // and clients stop sending once readiness fails, so the quiet comes.
-  constexpr absl::Duration kDrainQuiet = absl::Milliseconds(200);
+  // has begun for `quiet`: a call that begins just as Shutdown starts is cancelled too, and
+  // clients stop sending once readiness fails, so the quiet comes. A slow client can pause
+  // between calls for longer than a fraction of a second.
+  const absl::Duration quiet = std::min(absl::Seconds(1), absl::GetFlag(FLAGS_drain_timeout) / 4);
   int unfinished = 0, arriving = 0;
   absl::Time quiet_since = absl::InfiniteFuture();
   for (;;) {
@@ -261,7 +262,7 @@ int Run() {
       quiet_since = absl::InfiniteFuture();
     } else if (quiet_since == absl::InfiniteFuture()) {
       quiet_since = now;
-    } else if (now - quiet_since >= kDrainQuiet) {
+    } else if (now - quiet_since >= quiet) {
       break;
     }
     if (now >= drain_deadline) break;
