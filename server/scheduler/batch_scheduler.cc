@@ -31,19 +31,6 @@ const char* ShedName(Shed reason) {
   return "unknown";
 }
 
-absl::Status SchedulerOptions::Validate() const {
-  if (engine_threads < 1 || engine_threads > 64) {
-    return absl::InvalidArgumentError(absl::StrCat("engine threads must be between 1 and 64, got ", engine_threads));
-  }
-  if (threads_per_batch < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("threads per batch must be >= 1, got ", threads_per_batch));
-  }
-  if (lone_batch_spin < absl::ZeroDuration() || lone_batch_spin > absl::Seconds(1)) {
-    return absl::InvalidArgumentError("the lone batch spin must be between 0 and 1 s");
-  }
-  return absl::OkStatus();
-}
-
 absl::Status QueueOptions::Validate() const {
   if (max_batch_size < 1) {
     return absl::InvalidArgumentError(absl::StrCat("max_batch_size must be >= 1, got ", max_batch_size));

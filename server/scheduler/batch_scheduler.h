@@ -75,8 +75,6 @@ struct SchedulerOptions {
   // How long engine thread 0 (and a lone batch's team) may stay awake after a batch that
   // ran alone (ThreadPolicy::StayAwake).
   absl::Duration lone_batch_spin = absl::ZeroDuration();
-
-  absl::Status Validate() const;
 };
 
 struct QueueOptions {

@@ -7,6 +7,7 @@ namespace careserve {
 void BatchTimes::Record(int batch, absl::Duration took) {
   if (batch < 1) return;
   points_[batch] = absl::ToDoubleSeconds(took) / scale_;
+  efficient_limit_ = 0;
 }
 
 void BatchTimes::Observe(int batch, absl::Duration took) {
@@ -32,6 +33,7 @@ double BatchTimes::Shape(int batch) const {
 absl::Duration BatchTimes::Estimate(int batch) const { return absl::Seconds(Shape(batch) * scale_); }
 
 int BatchTimes::MostEfficient(int max_batch_size) const {
+  if (max_batch_size == efficient_limit_) return efficient_;
   int best = 1;
   double best_per_image = 0;
   for (int b = 1; b <= max_batch_size && !points_.empty(); ++b) {
@@ -41,6 +43,8 @@ int BatchTimes::MostEfficient(int max_batch_size) const {
       best_per_image = per_image;
     }
   }
+  efficient_limit_ = max_batch_size;
+  efficient_ = best;
   return best;
 }
 

@@ -23,7 +23,7 @@ class BatchTimes {
   // the smallest's below it, times the scale. Zero while nothing is recorded.
   absl::Duration Estimate(int batch) const;
   // The size up to `max_batch_size` with the least time per image (the most throughput):
-  // 1 while nothing is measured.
+  // 1 while nothing is measured. Only the shape decides it, so it is kept until Record.
   int MostEfficient(int max_batch_size) const;
   bool empty() const { return points_.empty(); }
 
@@ -31,6 +31,8 @@ class BatchTimes {
   double Shape(int batch) const;  // seconds, unscaled
   std::map<int, double> points_;  // batch size -> seconds at warm-up
   double scale_ = 1.0;
+  mutable int efficient_limit_ = 0;  // MostEfficient's last argument (0: none), and its answer
+  mutable int efficient_ = 1;
 };
 
 }  // namespace careserve

@@ -39,6 +39,8 @@ TEST(BatchTimesTest, BatchesThatRunScaleTheWholeCurveATenthOfTheWay) {
   EXPECT_NEAR(Ms(t.Estimate(2)), 10, 1e-3);
   EXPECT_NEAR(Ms(t.Estimate(4)), 20, 1e-3);
   EXPECT_EQ(t.MostEfficient(4), 1);  // the shape is the warm-up's
+  t.Record(4, absl::Milliseconds(8));  // a new warm-up point changes the shape, and the answer
+  EXPECT_EQ(t.MostEfficient(4), 4);
   BatchTimes none;
   none.Observe(1, absl::Milliseconds(5));
   EXPECT_TRUE(none.empty());
