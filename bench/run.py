@@ -209,11 +209,13 @@ def open_loop(settings):
             rate = max(1.0, share * capacity["throughput_rps"])
             for policy in POLICIES:
                 log(f"open loop {rate:.1f}/s ({share:.0%}), {policy}")
+                trace = os.path.join(BUILD, f"open_loop_{policy}_{round(100 * share)}.trace")
                 cmd = [os.path.join(BUILD, "care-bench"), f"--server=127.0.0.1:{servers[policy].port}",
                        "--task=classify", f"--model={CLASSIFIER}", f"--rate={rate:.2f}",
                        f"--duration={settings.open_loop_duration}", f"--warmup={settings.warmup}",
-                       "--generate=224x224", "--json"]
+                       "--generate=224x224", "--json", f"--trace={trace}"]
                 r = json_lines(run(cmd, timeout=600))[0]
+                r["arrivals_ms"] = read_arrivals(trace)
                 # care-bench's throughput divides by the window plus the time the last calls
                 # took to finish; delivered here is the calls answered OK per second offered.
                 r.update(policy=policy, share=share, command=" ".join(["care-bench"] + cmd[1:]),
@@ -223,6 +225,90 @@ def open_loop(settings):
         for server in servers.values():
             server.stop()
     return {"capacity": capacity, "c1": c1, "rows": rows}
+
+
+def read_arrivals(trace):
+    """The scheduled start of every call in a care-bench --trace file (ms after measuring began)."""
+    with open(trace) as f:
+        return [float(line.split()[0]) for line in f if not line.startswith("#")]
+
+
+def batch_time_curve(rows):
+    """t(b) in ms: the p50 time of a batch of b on one engine thread of the default layout while
+    the others compute too (engine ceiling rows), linear between the measured sizes and at the
+    last size's time per image beyond it."""
+    points = sorted((r["batch"], r["batch_ms"]["p50"]) for r in rows)
+
+    def t(b):
+        if b <= points[0][0]:
+            return points[0][1] * b / points[0][0]
+        for (b0, t0), (b1, t1) in zip(points, points[1:]):
+            if b <= b1:
+                return t0 + (t1 - t0) * (b - b0) / (b1 - b0)
+        return points[-1][1] * b / points[-1][0]
+    return t
+
+
+def adaptive_batch(queued, limit, others_free, t):
+    """careserve::AdaptiveBatchSize: the batch size (1..min(queued, limit)) with which everything
+    queued, cut into batches of that size, each to the thread that frees first, ends soonest;
+    `others_free`: ms from now until each other thread frees."""
+    most = min(queued, limit)
+    if most <= 1:
+        return max(1, most)
+    horizon = min(queued, 4 * limit * (len(others_free) + 1))
+    best, best_end = 1, None
+    for b in range(1, most + 1):
+        free = list(others_free) + [0.0]
+        left, end = horizon, 0.0
+        while left > 0:
+            k = min(b, left)
+            i = free.index(min(free))
+            free[i] += t(k)
+            end = max(end, free[i])
+            left -= k
+        if best_end is None or end < best_end * (1 - 1e-6):
+            best, best_end = b, end
+    return best
+
+
+def replay(arrivals_ms, t, threads, limit, overhead_ms):
+    """Latencies (ms) of an ideal server given these arrivals: `threads` engine threads, the
+    adaptive batch size, every batch taking exactly t(b) and nothing else costing time but a
+    fixed `overhead_ms` per call (gRPC, decoding, the client). What the scheduler's policy
+    would give if the host never stalled and batch times never varied."""
+    free = [0.0] * threads
+    queue, latencies, i, now = [], [], 0, 0.0
+    while i < len(arrivals_ms) or queue:
+        k = free.index(min(free))
+        now = max(now, free[k])
+        if not queue:
+            now = max(now, arrivals_ms[i])
+        while i < len(arrivals_ms) and arrivals_ms[i] <= now:
+            queue.append(arrivals_ms[i])
+            i += 1
+        others = [max(0.0, f - now) for j, f in enumerate(free) if j != k]
+        b = adaptive_batch(len(queue), limit, others, t)
+        batch, queue = queue[:b], queue[b:]
+        free[k] = now + t(b)
+        latencies += [free[k] - a + overhead_ms for a in batch]
+    return sorted(latencies)
+
+
+def add_replay(sweep, engine_rows, settings):
+    """Each open-loop run's arrivals replayed through the ideal server (`replay`), with this run's
+    engine batch times and the concurrency-1 p50 less t(1) as the fixed overhead."""
+    t = batch_time_curve(engine_rows)
+    with open(os.path.join(settings.repository, CLASSIFIER, "config.json")) as f:
+        limit = json.load(f)["batching"]["max_batch_size"]
+    overhead = max(0.0, sweep["c1"]["latency_ms"]["p50"] - t(1))
+    sweep["replay"] = {"t1": t(1), "overhead": overhead, "limit": limit, "threads": CORES}
+    for r in sweep["rows"]:
+        arrivals = r.pop("arrivals_ms")
+        if r["policy"] != "adaptive":
+            continue
+        latencies = replay(arrivals, t, CORES, limit, overhead)
+        r["ideal"] = {q: latencies[int(round(q / 100 * (len(latencies) - 1)))] if latencies else 0.0 for q in (50, 99)}
 
 
 def plot_open_loop(settings, sweep):
@@ -235,6 +321,8 @@ def plot_open_loop(settings, sweep):
         x = [100 * r["share"] for r in rows]
         ax.plot(x, [r["latency_ms"]["p50"] for r in rows], style, label=f"{policy} p50")
         ax.plot(x, [r["latency_ms"]["p99"] for r in rows], style, alpha=0.45, label=f"{policy} p99")
+    rows = [r for r in sweep["rows"] if "ideal" in r]
+    ax.plot([100 * r["share"] for r in rows], [r["ideal"][99] for r in rows], "k:", label="ideal p99 (replay)")
     c1 = sweep["c1"]["latency_ms"]["p50"]
     for bound, share in [(3, 50), (5, 70)]:
         ax.plot([share], [bound * c1], "kx")
@@ -256,13 +344,16 @@ def plot_open_loop(settings, sweep):
 def table_open_loop(sweep):
     c1 = sweep["c1"]["latency_ms"]["p50"]
     lines = ["| offered req/s (share of capacity) | policy | answered OK /s | answered OK / offered | p50 (ms) | p99 (ms) | "
-             "p99 / c1 p50 | errors |", "|---|---|---|---|---|---|---|---|"]
+             "p99 / c1 p50 | ideal p50 / p99 (ms, replay) | ideal p99 / c1 p50 | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sweep["rows"]:
         lat = r["latency_ms"]
         errors = sum(r["errors"].values())
+        ideal = (f"{r['ideal'][50]:.1f} / {r['ideal'][99]:.1f} | {r['ideal'][99] / c1:.1f}x" if "ideal" in r
+                 else "| ")
         lines.append(f"| {r['rate']:.1f} ({r['share']:.0%}) | {r['policy']} | {r['delivered']:.1f} | "
                      f"{r['delivered'] / r['rate']:.1%} | {lat['p50']:.1f} | {lat['p99']:.1f} | "
-                     f"{lat['p99'] / c1:.1f}x | {errors} |")
+                     f"{lat['p99'] / c1:.1f}x | {ideal} | {errors} |")
     return lines
 
 
@@ -275,7 +366,8 @@ def open_loop_targets(sweep):
         p99 = r["latency_ms"]["p99"]
         lines.append(f"| Poisson arrivals at {share:.0%} of capacity: p99 <= {bound}x the concurrency-1 p50 | "
                      f"{p99:.1f} ms vs {c1:.1f} ms = {p99 / c1:.1f}x (fixed_delay: "
-                     f"{by[('fixed_delay', share)]['latency_ms']['p99'] / c1:.1f}x) | "
+                     f"{by[('fixed_delay', share)]['latency_ms']['p99'] / c1:.1f}x; ideal replay of the same "
+                     f"arrivals: {r['ideal'][99] / c1:.1f}x) | "
                      f"{'yes' if p99 <= bound * c1 else '**no**'} |")
     r = by[("adaptive", 0.9)]
     errors = sum(r["errors"].values())
@@ -564,6 +656,7 @@ def main():
         server.stop()
     log("open loop: Poisson arrivals, adaptive and fixed_delay batching")
     sweep = open_loop(settings)
+    add_replay(sweep, engine_rows["runners"], settings)
     open_loop_plot = plot_open_loop(settings, sweep)
     log("python baseline")
     baseline_rows = python_baseline(settings)
@@ -611,6 +704,16 @@ def main():
         f"{settings.open_loop_duration} s; the calls started in that window are counted, each until it is answered, so "
         f"a backlog shows as latency and a full queue as errors). Command: `{sweep['rows'][0]['command']}` (and the other rates "
         "and port).",
+        "",
+        "Ideal (replay): the same arrival times (care-bench `--trace`; its Poisson arrivals come from a fixed "
+        "seed) replayed through a simulated server that has the default layout's "
+        f"{sweep['replay']['threads']} engine threads and the adaptive policy (batches of at most "
+        f"{sweep['replay']['limit']}), in which every batch takes exactly the engine ceiling's p50 batch time "
+        f"below (default layout, all runners computing; batch 1: {sweep['replay']['t1']:.1f} ms) and every call "
+        f"{sweep['replay']['overhead']:.1f} ms more (the concurrency-1 p50 less that batch-1 time): what the "
+        "policy gives if batch times never varied and the host never stalled. Where the measured p99 is near "
+        "it, the scheduler loses little; where the ideal itself misses a target, no batch sizing meets that "
+        f"target with these batch times and this {settings.open_loop_duration} s arrival sample.",
         "",
         *table_open_loop(sweep),
         "",

@@ -56,6 +56,9 @@ ABSL_FLAG(int, jpeg_quality, 90, "JPEG quality of --generate images.");
 ABSL_FLAG(double, timeout, 30, "Deadline of each call, in seconds.");
 ABSL_FLAG(int, channels, 1, "gRPC channels (connections) the calls are spread over.");
 ABSL_FLAG(bool, json, false, "Print the report as JSON.");
+ABSL_FLAG(std::string, trace, "",
+          "Write every measured call to this file: start (ms since measuring began, the scheduled start in "
+          "open loop), latency (ms) and status code, one call per line in start order.");
 
 namespace {
 
@@ -117,6 +120,8 @@ class Recorder {
   void Record(Clock::time_point start, Clock::time_point end, grpc::StatusCode code, Clock::time_point measure_from) {
     if (end < measure_from) return;
     absl::MutexLock lock(&mu_);
+    calls_.push_back({std::chrono::duration<double, std::milli>(start - measure_from).count(),
+                      std::chrono::duration<double, std::milli>(end - start).count(), code});
     if (code == grpc::StatusCode::OK) {
       latencies_ms_.push_back(std::chrono::duration<double, std::milli>(end - start).count());
     } else {
@@ -131,11 +136,21 @@ class Recorder {
     absl::MutexLock lock(&mu_);
     return errors_;
   }
+  struct Call {
+    double start_ms;
+    double latency_ms;
+    grpc::StatusCode code;
+  };
+  std::vector<Call> calls() {
+    absl::MutexLock lock(&mu_);
+    return calls_;
+  }
 
  private:
   absl::Mutex mu_;
   std::vector<double> latencies_ms_ ABSL_GUARDED_BY(mu_);
   std::map<grpc::StatusCode, int64_t> errors_ ABSL_GUARDED_BY(mu_);
+  std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
 };
 
 // One call in flight; deletes itself when done.
@@ -286,6 +301,18 @@ int main(int argc, char** argv) {
   for (double l : latencies) mean += l;
   if (!latencies.empty()) mean /= latencies.size();
   const double throughput = latencies.size() / measured;
+  if (const std::string trace = absl::GetFlag(FLAGS_trace); !trace.empty()) {
+    std::vector<Recorder::Call> calls = load.recorder().calls();
+    std::sort(calls.begin(), calls.end(), [](const auto& a, const auto& b) { return a.start_ms < b.start_ms; });
+    FILE* f = std::fopen(trace.c_str(), "w");
+    if (f == nullptr) {
+      std::fprintf(stderr, "error: cannot write --trace %s\n", trace.c_str());
+      return 74;
+    }
+    std::fprintf(f, "# start_ms latency_ms status\n");
+    for (const auto& c : calls) std::fprintf(f, "%.3f %.3f %s\n", c.start_ms, c.latency_ms, CodeName(c.code).c_str());
+    std::fclose(f);
+  }
   const std::string mode = rate > 0 ? absl::StrCat("open loop, ", rate, " calls/s (Poisson)")
                                     : absl::StrCat("closed loop, concurrency ", concurrency);
 
