@@ -1,11 +1,12 @@
-"""make bench: the engine ceiling, care-server under load, a Python baseline and memory,
+"""make bench: the engine ceiling, ONNX Runtime, care-server under load (closed and open
+loop), a Python baseline and memory,
 measured side by side on this machine; writes the report and one latency-throughput plot
 per task.
 
     /usr/bin/python3 bench/run.py                 # full: docs/benchmarks.md, docs/bench/*.png
     /usr/bin/python3 bench/run.py --smoke         # seconds: build/bench_smoke/ (make test)
 
-Needs `make build` (care-server, care-bench, care-engine-bench).
+Needs `make build` (care-server, care-bench, care-engine-bench), Node.js and npm (scripts/deps.sh).
 """
 import argparse
 import datetime
@@ -109,6 +110,101 @@ STOCK_FLAGS = ["--instances=1", f"--intra_op_threads={CORES}", "--keep_freed_mem
 # libgomp's own spin count (care-engine-bench, like care-server, sets 2000 unless the
 # environment says otherwise).
 STOCK_ENV = {"GOMP_SPINCOUNT": "300000"}
+
+
+ORT_DIR = os.path.join(ROOT, "bench", "ort")
+ONNX_DIR = os.path.join(BUILD, "bench_onnx")
+ONNX_ARCH = "care_s0"
+# ONNX Runtime layouts measured: (name, InferenceSessions, intra-op threads per session).
+ORT_LAYOUTS = [("ort_sessions", CORES, 1), ("ort_one", 1, CORES)]
+# The allocator care-server and care-engine-bench link, preloaded into the ONNX Runtime runs too.
+TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
+
+def ort_setup():
+    """onnxruntime-node from the npm registry (package-lock.json; --ignore-scripts skips its
+    install script, which downloads GPU libraries), the classifier exported to ONNX, and a check
+    that ONNX Runtime computes what PyTorch does."""
+    run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=ORT_DIR)
+    run([PYTHON, os.path.join(ROOT, "bench", "export_onnx.py"), "--arch", ONNX_ARCH, "--out", ONNX_DIR])
+    model = os.path.join(ONNX_DIR, f"{ONNX_ARCH}.onnx")
+    check = json_lines(run(["node", os.path.join(ORT_DIR, "ort_bench.js"), "--model", model, "--verify",
+                            os.path.join(ONNX_DIR, ONNX_ARCH)]))[0]
+    versions = run(["node", "-p", "require('onnxruntime-node/package.json').version"], cwd=ORT_DIR).strip()
+    return {"model": model, "check": check, "version": versions}
+
+
+def ort(settings, ort_info, sessions, threads, batches=None, seconds=None):
+    env = dict(os.environ)
+    if os.path.exists(TCMALLOC):
+        env["LD_PRELOAD"] = TCMALLOC
+    out = run(["node", os.path.join(ORT_DIR, "ort_bench.js"), "--model", ort_info["model"],
+               f"--sessions={sessions}", f"--threads={threads}",
+               f"--batch_sizes={','.join(map(str, batches or settings.batches))}",
+               f"--seconds={seconds or settings.engine_seconds}"], env=env, timeout=1200)
+    return json_lines(out)
+
+
+def ort_best(ort_rows):
+    """(layout, row) of ONNX Runtime's best throughput and (layout, row) of its lowest batch-1 p50."""
+    rows = [(name, r) for name, layout in ort_rows.items() for r in layout]
+    fastest = max(rows, key=lambda x: x[1]["throughput_ips"])
+    lone = min(((n, r) for n, r in rows if r["batch"] == 1), key=lambda x: x[1]["batch_ms"]["p50"])
+    return fastest, lone
+
+
+def paired_ort(settings, server, ort_info, ort_rows):
+    """ONNX Runtime against care-server, back to back: its best layout and batch, then care-bench at
+    the highest concurrency; its fastest batch-1 layout, then care-engine-bench at batch 1 (a lone
+    request's layout), then care-bench at concurrency 1."""
+    (fast_name, fast), (lone_name, _) = ort_best(ort_rows)
+    layouts = {name: (n, t) for name, n, t in ORT_LAYOUTS}
+    pairs = []
+    for _ in range(settings.saturation_pairs):
+        o = ort(settings, ort_info, *layouts[fast_name], [fast["batch"]], seconds=settings.saturation_engine_seconds)
+        s = load_once(settings, server.port, "classify", CLASSIFIER, max(settings.concurrency), "224x224",
+                      duration=settings.saturation_duration, warmup=settings.saturation_warmup)
+        o1 = ort(settings, ort_info, *layouts[lone_name], [1], seconds=settings.pair_engine_seconds)
+        e1 = engine(settings, os.path.join(settings.repository, CLASSIFIER), ENGINE_LAYOUTS[1][1], [1],
+                    seconds=settings.pair_engine_seconds)
+        s1 = load_once(settings, server.port, "classify", CLASSIFIER, 1, "224x224", duration=settings.pair_duration,
+                       warmup=settings.pair_warmup)
+        pairs.append({"ort_ips": o[0]["throughput_ips"], "server_rps": s["throughput_rps"],
+                      "ort_b1_ms": o1[0]["batch_ms"]["p50"], "engine_b1_ms": e1[0]["batch_ms"]["p50"],
+                      "server_c1_ms": s1["latency_ms"]["p50"]})
+    return {"pairs": pairs, "fast": (fast_name, fast["batch"]), "lone": lone_name}
+
+
+def median_of(values):
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def ort_targets(engine_rows, ort_rows, ort_runs_ratio, ort_pairs):
+    pairs = ort_pairs["pairs"]
+    thr = median_of([p["server_rps"] / p["ort_ips"] for p in pairs])
+    lat = median_of([p["server_c1_ms"] / p["ort_b1_ms"] for p in pairs])
+    eng = median_of([p["engine_b1_ms"] / p["ort_b1_ms"] for p in pairs])
+    fast_name, fast_batch = ort_pairs["fast"]
+    layouts = {name: (n, t) for name, n, t in ORT_LAYOUTS}
+    n, t = layouts[fast_name]
+    ln, lt = layouts[ort_pairs["lone"]]
+    thr_runs = ", ".join("%.0f/%.0f" % (p["server_rps"], p["ort_ips"]) for p in pairs)
+    lat_runs = ", ".join("%.1f/%.1f" % (p["server_c1_ms"], p["ort_b1_ms"]) for p in pairs)
+    rows = [
+        ("engine ceiling >= ONNX Runtime's best throughput (each at its best layout and batch, runs interleaved)",
+         f"{ort_runs_ratio[0]:.1f} vs {ort_runs_ratio[1]:.1f} img/s = {ort_runs_ratio[0] / ort_runs_ratio[1]:.2f}x",
+         ort_runs_ratio[0] >= ort_runs_ratio[1]),
+        (f"saturated care-server throughput >= ONNX Runtime's best ({n} session(s) x {t} thread(s), batch "
+         f"{fast_batch}; back to back)",
+         f"median ratio {thr:.2f}x over {len(pairs)} pairs "
+         f"({thr_runs} req/s per img/s)", thr >= 1),
+        (f"care-server concurrency-1 p50 <= ONNX Runtime batch-1 p50 ({ln} session(s) x {lt} thread(s); "
+         "back to back)",
+         f"median ratio {lat:.2f}x ({lat_runs} ms); "
+         f"the engine alone at batch 1: {eng:.2f}x", lat <= 1),
+    ]
+    return [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in rows]
 
 
 def engine(settings, model_dir, flags, batches=None, env=None, binary="care-engine-bench", seconds=None):
@@ -216,10 +312,13 @@ def open_loop(settings):
                        "--generate=224x224", "--json", f"--trace={trace}"]
                 r = json_lines(run(cmd, timeout=600))[0]
                 r["arrivals_ms"] = read_arrivals(trace)
-                # care-bench's throughput divides by the window plus the time the last calls
-                # took to finish; delivered here is the calls answered OK per second offered.
+                # Offered: the calls that arrived in the window (the fixed-seed sample's own
+                # rate, not the nominal one). Delivered: care-bench's throughput, the calls
+                # answered OK per second from the window's start until the last answer, so a
+                # backlog left at the window's end lowers it.
+                arrived = r["ok"] + sum(r["errors"].values())
                 r.update(policy=policy, share=share, command=" ".join(["care-bench"] + cmd[1:]),
-                         delivered=r["ok"] / settings.open_loop_duration)
+                         offered=arrived / settings.open_loop_duration, delivered=r["throughput_rps"])
                 rows.append(r)
     finally:
         for server in servers.values():
@@ -343,16 +442,16 @@ def plot_open_loop(settings, sweep):
 
 def table_open_loop(sweep):
     c1 = sweep["c1"]["latency_ms"]["p50"]
-    lines = ["| offered req/s (share of capacity) | policy | answered OK /s | answered OK / offered | p50 (ms) | p99 (ms) | "
-             "p99 / c1 p50 | ideal p50 / p99 (ms, replay) | ideal p99 / c1 p50 | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| nominal req/s (share of capacity) | policy | arrived /s | answered OK /s | delivered / arrived | p50 (ms) | "
+             "p99 (ms) | p99 / c1 p50 | ideal p50 / p99 (ms, replay) | ideal p99 / c1 p50 | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sweep["rows"]:
         lat = r["latency_ms"]
         errors = sum(r["errors"].values())
         ideal = (f"{r['ideal'][50]:.1f} / {r['ideal'][99]:.1f} | {r['ideal'][99] / c1:.1f}x" if "ideal" in r
                  else "| ")
-        lines.append(f"| {r['rate']:.1f} ({r['share']:.0%}) | {r['policy']} | {r['delivered']:.1f} | "
-                     f"{r['delivered'] / r['rate']:.1%} | {lat['p50']:.1f} | {lat['p99']:.1f} | "
+        lines.append(f"| {r['rate']:.1f} ({r['share']:.0%}) | {r['policy']} | {r['offered']:.1f} | "
+                     f"{r['delivered']:.1f} | {r['delivered'] / r['offered']:.1%} | {lat['p50']:.1f} | {lat['p99']:.1f} | "
                      f"{lat['p99'] / c1:.1f}x | {ideal} | {errors} |")
     return lines
 
@@ -371,7 +470,7 @@ def open_loop_targets(sweep):
                      f"{'yes' if p99 <= bound * c1 else '**no**'} |")
     r = by[("adaptive", 0.9)]
     errors = sum(r["errors"].values())
-    ratio = r["delivered"] / r["rate"]
+    ratio = r["delivered"] / r["offered"]
     lines.append(f"| Poisson arrivals at 90% of capacity: delivered >= 97% of offered, no errors | {ratio:.1%}, "
                  f"{errors} errors | {'yes' if ratio >= 0.97 and errors == 0 else '**no**'} |")
     return lines
@@ -604,15 +703,22 @@ def main():
     info = machine()  # first: the commit measured, before this run rewrites the report
     log("exporting repositories")
     stock = export(settings)
-    log("engine ceiling")
+    log("ONNX Runtime baseline: npm ci, ONNX export, check")
+    ort_info = ort_setup()
+    log("engine ceiling and ONNX Runtime")
     runs = {name: [] for name, _, _ in ENGINE_LAYOUTS}
+    ort_runs = {name: [] for name, _, _ in ORT_LAYOUTS}
     stock_runs = []
     for _ in range(settings.repeats):  # interleaved, so that drift hits all alike
         for name, flags, batches in ENGINE_LAYOUTS:
             runs[name].append(engine(settings, os.path.join(settings.repository, CLASSIFIER), flags, batches))
+        for name, sessions, threads in ORT_LAYOUTS:
+            ort_runs[name].append(ort(settings, ort_info, sessions, threads))
         stock_runs.append(engine(settings, os.path.join(stock, "care_s0_stock"), STOCK_FLAGS, env=STOCK_ENV,
                                  binary="care-engine-bench-glibc"))
     engine_rows = {name: median_engine(r) for name, r in runs.items()}
+    ort_rows = {name: median_engine(r) for name, r in ort_runs.items()}
+    ort_runs_ratio = (ceiling_best(engine_rows)[1]["throughput_ips"], ort_best(ort_rows)[0][1]["throughput_ips"])
     stock_rows = median_engine(stock_runs)
 
     log("preprocessing stages")
@@ -641,6 +747,8 @@ def main():
         log(f"classify 224x224 concurrency {max(settings.concurrency)} paired with the engine ceiling's best")
         saturation_pairs = paired_saturation(settings, server, {n: f for n, f, _ in ENGINE_LAYOUTS}[best_layout],
                                              best_row["batch"])
+        log("ONNX Runtime and care-server, back to back")
+        ort_pairs = paired_ort(settings, server, ort_info, ort_rows)
     finally:
         server.stop()
     log("care-server --engine_runners=1")
@@ -690,6 +798,7 @@ def main():
         *targets(engine_rows, stock_rows, results[("classify", "224x224")], baseline_rows, c1_pairs,
                  saturation_pairs),
         *open_loop_targets(sweep),
+        *ort_targets(engine_rows, ort_rows, ort_runs_ratio, ort_pairs),
         "",
         "## Open loop: Poisson arrivals",
         "",
@@ -702,8 +811,11 @@ def main():
         f"`--batch_policy=fixed_delay` (the model's `max_queue_delay_us` wait for a full batch), and each "
         f"offered load is run against one then the other ({settings.warmup} s warm-up, "
         f"{settings.open_loop_duration} s; the calls started in that window are counted, each until it is answered, so "
-        f"a backlog shows as latency and a full queue as errors). Command: `{sweep['rows'][0]['command']}` (and the other rates "
-        "and port).",
+        f"a backlog shows as latency and a full queue as errors). Arrived: the calls that arrived in the window per "
+        "second (the fixed-seed sample runs a few percent above the nominal rate). Answered OK /s: care-bench's "
+        "throughput, the calls answered OK per second from the window's start until the last answer, so a "
+        "backlog left at the window's end lowers it; the 90% target compares the two. "
+        f"Command: `{sweep['rows'][0]['command']}` (and the other rates and port).",
         "",
         "Ideal (replay): the same arrival times (care-bench `--trace`; its Poisson arrivals come from a fixed "
         "seed) replayed through a simulated server that has the default layout's "
@@ -743,6 +855,35 @@ def main():
         f"{' '.join(STOCK_FLAGS)}`):",
         "",
         *table_engine(stock_rows),
+        "",
+        "## ONNX Runtime",
+        "",
+        f"The anchor to beat: ONNX Runtime {ort_info['version']} CPU (npm `onnxruntime-node`, installed by "
+        "`npm ci --ignore-scripts` in `bench/ort`), running the same network with the same random weights "
+        f"exported by `bench/export_onnx.py` (`torch.onnx.export`, opset 17; ONNX Runtime's output matches "
+        f"PyTorch's to a relative {ort_info['check']['max_rel_diff']:.1e}), graph optimisation level all, "
+        "tcmalloc preloaded as in care-server. `node bench/ort/ort_bench.js --model "
+        f"{os.path.relpath(ort_info['model'], ROOT)} --sessions=N --threads=T --batch_sizes="
+        f"{','.join(map(str, settings.batches))} --seconds={settings.engine_seconds}`: N InferenceSessions, one "
+        "per worker thread, each with T intra-op threads, computing at once; interleaved with the engine "
+        f"ceiling's runs above, {settings.repeats} runs, median shown. Batch latency excludes decoding, gRPC and "
+        "queueing: compare it with the engine ceiling, and care-server with it only as below.",
+        "",
+    ]
+    for name, sessions, threads in ORT_LAYOUTS:
+        report += [f"{sessions} session(s) x {threads} thread(s):", "", *table_engine(ort_rows[name]), ""]
+    report += [
+        "Back to back against the running care-server (default flags): ONNX Runtime's best throughput layout "
+        f"and batch ({settings.saturation_engine_seconds} s), care-bench at concurrency {max(settings.concurrency)}, "
+        f"ONNX Runtime's fastest batch-1 layout ({settings.pair_engine_seconds} s), care-engine-bench at batch 1 "
+        f"with one runner x {CORES} threads, care-bench at concurrency 1:",
+        "",
+        "| pair | ONNX Runtime img/s | care-server req/s | ratio | ONNX Runtime batch-1 p50 (ms) | engine batch-1 p50 | "
+        "care-server c1 p50 | care-server / ONNX Runtime |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {i + 1} | {p['ort_ips']:.1f} | {p['server_rps']:.1f} | {p['server_rps'] / p['ort_ips']:.2f}x | "
+          f"{p['ort_b1_ms']:.1f} | {p['engine_b1_ms']:.1f} | {p['server_c1_ms']:.1f} | "
+          f"{p['server_c1_ms'] / p['ort_b1_ms']:.2f}x |" for i, p in enumerate(ort_pairs["pairs"])],
         "",
         "## care-server",
         "",
