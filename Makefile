@@ -16,7 +16,7 @@ PORT ?= 50051
 METRICS_PORT ?= 9091
 SERVER_FLAGS ?=
 
-.PHONY: deps build repository samples serve test test-python test-cpp test-deploy test-serve test-demo train-demo evaluate-demo test-bench test-fuzz test-asan test-tsan fuzz fuzz-build soak profile bench clean
+.PHONY: deps bench-deps build repository samples serve test test-python test-cpp test-deploy test-serve test-demo train-demo evaluate-demo test-bench test-fuzz test-asan test-tsan fuzz fuzz-build soak profile bench clean
 
 deps:
 	bash scripts/deps.sh
@@ -69,13 +69,17 @@ evaluate-demo: build
 profile: deps
 	$(PYTHON) -m carevision.profile
 
-# Engine ceiling, care-server under care-bench load, the Python baseline, memory:
-# writes docs/benchmarks.md and docs/bench/*.png (about 20 minutes here: 1261 s for `time make bench` in a fresh clone, 2026-12-03).
-bench: build
+# Engine ceiling, ONNX Runtime, care-server under care-bench load (closed and open loop), the
+# Python baseline, memory: writes docs/benchmarks.md and docs/bench/*.png (about 30 minutes).
+bench: build bench-deps
 	$(PYTHON) bench/run.py
 
+# Node.js and npm for the ONNX Runtime baseline (bench/ort).
+bench-deps:
+	bash scripts/bench_deps.sh
+
 # The same run in seconds (numbers meaningless), so that make bench keeps working.
-test-bench:
+test-bench: bench-deps
 	$(PYTHON) bench/run.py --smoke
 
 # 10 minutes of mixed load on the default repository; RSS at the start and the end.

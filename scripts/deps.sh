@@ -24,9 +24,6 @@ done
 # kubectl (for `kubectl kustomize` in the deployment tests): any kubectl on PATH will do;
 # else Debian's.
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
-# Node.js and npm (make bench's ONNX Runtime baseline, bench/ort): any on PATH will do; else Debian's.
-command -v node >/dev/null 2>&1 || missing+=(nodejs)
-command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
