@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "server/common/cpus.h"
 #include "server/common/memory.h"
 #include "server/common/startup_env.h"
 #include "server/engine/openmp_threads.h"
@@ -78,7 +79,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const int threads = absl::GetFlag(FLAGS_intra_op_threads) > 0 ? absl::GetFlag(FLAGS_intra_op_threads)
-                                                                : static_cast<int>(std::thread::hardware_concurrency());
+                                                                : careserve::DetectUsableCpus().count;
   const int instances = std::max(1, absl::GetFlag(FLAGS_instances));
   const int per_instance = std::max(1, threads / instances);
   if (absl::GetFlag(FLAGS_keep_freed_memory)) careserve::KeepFreedMemory();

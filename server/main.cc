@@ -22,6 +22,7 @@
 #include "opencv2/core.hpp"
 #include "server/api/open_streams.h"
 #include "server/api/vision_service.h"
+#include "server/common/cpus.h"
 #include "server/common/log.h"
 #include "server/common/startup_env.h"
 #include "server/common/thread_pool.h"
@@ -35,7 +36,13 @@
 #include "server/scheduler/batch_scheduler.h"
 
 namespace {
-int Cores() { return std::max(1u, std::thread::hardware_concurrency()); }
+// The CPUs the default thread counts are sized for: the affinity mask and the cgroup CPU
+// quota (a container's limit), not the node's cores.
+const careserve::UsableCpus& Cpus() {
+  static const careserve::UsableCpus* cpus = new careserve::UsableCpus(careserve::DetectUsableCpus());
+  return *cpus;
+}
+int Cores() { return Cpus().count; }
 }  // namespace
 
 ABSL_FLAG(std::string, model_repository, "", "Model repository directory (one folder per model; see docs/service.md).");
@@ -44,18 +51,18 @@ ABSL_FLAG(int, port, 50051, "gRPC port (0: any free port, logged at startup).");
 ABSL_FLAG(int, metrics_port, 9091, "Prometheus /metrics port (0: any free port; -1: no metrics endpoint).");
 ABSL_FLAG(int, engine_runners, 0,
           "Batches computed at the same time, across all models: the shared scheduler's engine threads, on which "
-          "all LibTorch work runs (0: one per core, each batch on one core: the most throughput; 1 with all cores "
+          "all LibTorch work runs (0: one per usable CPU, each batch on one core: the most throughput; 1 with all cores "
           "per batch). A model's batching.instances caps its own batches at once.");
 ABSL_FLAG(std::string, batch_policy, "adaptive",
           "How batches are formed: adaptive (a free engine thread never waits; it sizes the batch from the queue "
           "and the model's measured batch times so that what is queued is done soonest) or fixed_delay (wait up "
           "to batching.max_queue_delay_us for batching.max_batch_size requests, as TF Serving and Triton do).");
 ABSL_FLAG(int, intra_op_threads, 0,
-          "LibTorch intra-op threads per batch (0: the cores divided among --engine_runners, at least one). "
+          "LibTorch intra-op threads per batch (0: the usable CPUs divided among --engine_runners, at least one). "
           "LibTorch's own default here is 1.");
 ABSL_FLAG(int, lone_batch_threads, 0,
           "Intra-op threads for a batch that runs alone (no other batch running or waiting), e.g. every "
-          "request at concurrency 1 (0: one per core, for the models whose warm-up measured that faster; N: N "
+          "request at concurrency 1 (0: one per usable CPU, for the models whose warm-up measured that faster; N: N "
           "threads for every model; 1, or at most --intra_op_threads: the same as any batch).");
 ABSL_FLAG(int, lone_batch_spin_us, 5000,
           "After a batch that ran alone, its engine thread (and its OpenMP team) stay awake (spinning, yielding "
@@ -64,7 +71,7 @@ ABSL_FLAG(int, lone_batch_spin_us, 5000,
           "time, so consider 0 under a CPU limit below the cores; at most 1000000).");
 ABSL_FLAG(int, inter_op_threads, 1, "LibTorch inter-op threads (the models here have no parallel branches).");
 ABSL_FLAG(int, preprocess_threads, 0,
-          "Worker threads: decoding and resizing images, dense-task answers (0: half the cores, at least one; "
+          "Worker threads: decoding and resizing images, dense-task answers (0: half the usable CPUs, at least one; "
           "they share the cores with LibTorch's intra-op threads).");
 ABSL_FLAG(bool, reduced_jpeg_decode, true,
           "Decode JPEGs much larger than a model's input at 1/2, 1/4 or 1/8 size (libjpeg-turbo DCT scaling), "
@@ -203,6 +210,8 @@ int Run() {
       {{"grpc_port", std::to_string(grpc_port)},
        {"metrics_port", std::to_string(metrics_port)},
        {"tls", ServerTlsMode(tls)},
+       {"cpus", std::to_string(Cpus().count)},
+       {"cpus_from", Cpus().source},
        {"engine_runners", std::to_string(runners)},
        {"intra_op_threads", std::to_string(intra)},
        {"lone_batch_threads", std::to_string(std::max(lone, intra))},

@@ -70,11 +70,14 @@ def test_rendered_objects(target):
 
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][kind]), kind
-    # care-server sees the node's cores, not the pod's CPU limit: the flags size LibTorch to
-    # the limit (more threads than CPUs would be throttled mid-batch).
+    # care-server sizes its threads from the container's CPU quota (cgroup) itself: the flags
+    # hard-code no per-core numbers that would have to change with the limit, and the limit
+    # is whole CPUs (a fraction is rounded down: the rest would go unused).
     cpus = float(str(container["resources"]["limits"]["cpu"]).rstrip("m")) / (
         1000 if str(container["resources"]["limits"]["cpu"]).endswith("m") else 1)
-    assert int(server_flags["engine_runners"]) * int(server_flags["intra_op_threads"]) == cpus
+    assert cpus >= 1 and cpus == int(cpus), cpus
+    for flag in ("engine_runners", "intra_op_threads", "lone_batch_threads", "preprocess_threads"):
+        assert flag not in server_flags, flag
 
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True

@@ -1,5 +1,8 @@
 // care-server end to end: its process (environment, BLAS, thread names, lone batches) and its
 // metrics endpoint.
+#include <sched.h>
+#include <sys/stat.h>
+
 #include "tests/cpp/integration/server_harness.h"
 
 namespace careserve {
@@ -154,6 +157,114 @@ TEST(LoneBatchSpin, AnOutOfRangeLimitStopsTheServerWithTheReason) {
                                      &status);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << out;
   EXPECT_NE(out.find("--lone_batch_spin_us must be between 0 and 1000000"), std::string::npos) << out;
+}
+
+// The defaults (0) of the thread flags, sized by the server itself.
+const std::vector<std::string> kDefaultThreads = {"--engine_runners=0", "--intra_op_threads=0",
+                                                  "--lone_batch_threads=0", "--preprocess_threads=0"};
+
+TEST(UsableCpus, DefaultThreadCountsFollowTheAffinityMask) {
+  // The child inherits this thread's mask (what `taskset -c N care-server` does).
+  cpu_set_t before;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(before), &before), 0);
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  for (int i = 0; i < CPU_SETSIZE; ++i) {
+    if (CPU_ISSET(i, &before)) {
+      CPU_SET(i, &one);
+      break;
+    }
+  }
+  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+  struct Restore {
+    cpu_set_t mask;
+    ~Restore() { sched_setaffinity(0, sizeof(mask), &mask); }
+  } restore{before};
+  Server server;
+  server.Start(kDefaultThreads, "usable_cpus_affinity_test");
+  ASSERT_EQ(sched_setaffinity(0, sizeof(before), &before), 0);
+  const std::string log = server.log();
+  EXPECT_NE(log.find("cpus=1 cpus_from=\"affinity mask\""), std::string::npos) << log;
+  EXPECT_NE(log.find("engine_runners=1 intra_op_threads=1 lone_batch_threads=1"), std::string::npos) << log;
+  EXPECT_NE(log.find("preprocess_threads=1 "), std::string::npos) << log;
+  EXPECT_EQ(server.Stop(), 0);
+}
+
+// A cgroup of this machine's own with a CPU quota of one CPU (v1 cpu.cfs_quota_us or v2
+// cpu.max), where the test may create one (root, a writable cgroup mount with the cpu
+// controller); this process moves into it for the fork and back.
+class QuotaCgroup {
+ public:
+  QuotaCgroup() {
+    const std::string self = ReadFile("/proc/self/cgroup");
+    std::smatch m;
+    const std::string name = "/careserve_cpus_test_" + std::to_string(getpid());
+    if (std::regex_search(self, m, std::regex("(^|\n)\\d+:([^:\n]*,)?cpu(,[^:\n]*)?:([^\n]*)"))) {
+      for (const char* mount : {"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"}) {
+        const std::string parent = std::string(mount) + (m[4] == "/" ? "" : m[4].str());
+        if (access((parent + "/cpu.cfs_quota_us").c_str(), F_OK) != 0) continue;
+        if (Make(parent, parent + name) && WriteTo(dir_ + "/cpu.cfs_period_us", "100000") &&
+            WriteTo(dir_ + "/cpu.cfs_quota_us", "100000")) {
+          version_ = "v1";
+          return;
+        }
+        Remove();
+      }
+    } else if (std::regex_search(self, m, std::regex("(^|\n)0::([^\n]*)"))) {
+      const std::string parent = "/sys/fs/cgroup" + (m[2] == "/" ? "" : m[2].str());
+      if (ReadFile(parent + "/cgroup.subtree_control").find("cpu") != std::string::npos &&
+          Make(parent, parent + name) && WriteTo(dir_ + "/cpu.max", "100000 100000")) {
+        version_ = "v2";
+        return;
+      }
+      Remove();
+    }
+  }
+  // After the server (declared later, so destroyed first) has stopped or been killed.
+  ~QuotaCgroup() {
+    Leave();
+    Remove();
+  }
+  bool ok() const { return !version_.empty(); }
+  std::string version() const { return version_; }
+  bool Enter() { return entered_ = WriteTo(dir_ + "/cgroup.procs", std::to_string(getpid())); }
+  bool Leave() {
+    if (!entered_) return true;
+    entered_ = !WriteTo(parent_ + "/cgroup.procs", std::to_string(getpid()));
+    return !entered_;
+  }
+
+ private:
+  static bool WriteTo(const std::string& path, const std::string& value) {
+    std::ofstream out(path);
+    out << value << std::flush;
+    return static_cast<bool>(out);
+  }
+  bool Make(const std::string& parent, const std::string& dir) {
+    if (mkdir(dir.c_str(), 0755) != 0) return false;
+    parent_ = parent;
+    dir_ = dir;
+    return true;
+  }
+  void Remove() {
+    if (!dir_.empty()) rmdir(dir_.c_str());
+    dir_.clear();
+  }
+  std::string parent_, dir_, version_;
+  bool entered_ = false;
+};
+
+TEST(UsableCpus, DefaultThreadCountsFollowTheCgroupCpuQuota) {
+  QuotaCgroup cgroup;
+  if (!cgroup.ok()) GTEST_SKIP() << "cannot create a cgroup with a CPU quota here (not root, or no writable cpu controller)";
+  ASSERT_TRUE(cgroup.Enter());
+  Server server;
+  server.Start(kDefaultThreads, "usable_cpus_cgroup_test");
+  ASSERT_TRUE(cgroup.Leave());
+  const std::string log = server.log();
+  EXPECT_NE(log.find("cpus=1 cpus_from=\"cgroup " + cgroup.version()), std::string::npos) << log;
+  EXPECT_NE(log.find("engine_runners=1 intra_op_threads=1 lone_batch_threads=1"), std::string::npos) << log;
+  EXPECT_EQ(server.Stop(), 0);  // out of the cgroup before it is removed
 }
 
 }  // namespace
