@@ -114,43 +114,28 @@ struct Requests {
   std::vector<v1::SegmentRequest> segment;
 };
 
-// Latencies and status codes of the measured calls.
+// The measured calls: when each started (ms after measuring began), its latency and status.
 class Recorder {
  public:
+  struct Measured {
+    double start_ms;
+    double latency_ms;
+    grpc::StatusCode code;
+  };
   void Record(Clock::time_point start, Clock::time_point end, grpc::StatusCode code, Clock::time_point measure_from) {
     if (end < measure_from) return;
     absl::MutexLock lock(&mu_);
     calls_.push_back({std::chrono::duration<double, std::milli>(start - measure_from).count(),
                       std::chrono::duration<double, std::milli>(end - start).count(), code});
-    if (code == grpc::StatusCode::OK) {
-      latencies_ms_.push_back(std::chrono::duration<double, std::milli>(end - start).count());
-    } else {
-      ++errors_[code];
-    }
   }
-  std::vector<double> latencies() {
-    absl::MutexLock lock(&mu_);
-    return latencies_ms_;
-  }
-  std::map<grpc::StatusCode, int64_t> errors() {
-    absl::MutexLock lock(&mu_);
-    return errors_;
-  }
-  struct Call {
-    double start_ms;
-    double latency_ms;
-    grpc::StatusCode code;
-  };
-  std::vector<Call> calls() {
+  std::vector<Measured> calls() {
     absl::MutexLock lock(&mu_);
     return calls_;
   }
 
  private:
   absl::Mutex mu_;
-  std::vector<double> latencies_ms_ ABSL_GUARDED_BY(mu_);
-  std::map<grpc::StatusCode, int64_t> errors_ ABSL_GUARDED_BY(mu_);
-  std::vector<Call> calls_ ABSL_GUARDED_BY(mu_);
+  std::vector<Measured> calls_ ABSL_GUARDED_BY(mu_);
 };
 
 // One call in flight; deletes itself when done.
@@ -292,18 +277,24 @@ int main(int argc, char** argv) {
   while (load.in_flight() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   const double measured = std::chrono::duration<double>(std::max(end, Clock::now()) - measure_from).count();
 
-  std::vector<double> latencies = load.recorder().latencies();
+  std::vector<Recorder::Measured> calls = load.recorder().calls();
+  std::sort(calls.begin(), calls.end(), [](const auto& a, const auto& b) { return a.start_ms < b.start_ms; });
+  std::vector<double> latencies;  // of the calls answered OK
+  std::map<grpc::StatusCode, int64_t> errors;
+  for (const auto& c : calls) {
+    if (c.code == grpc::StatusCode::OK) {
+      latencies.push_back(c.latency_ms);
+    } else {
+      ++errors[c.code];
+    }
+  }
   std::sort(latencies.begin(), latencies.end());
-  const auto errors = load.recorder().errors();
-  int64_t failed = 0;
-  for (const auto& [code, n] : errors) failed += n;
+  const int64_t failed = static_cast<int64_t>(calls.size() - latencies.size());
   double mean = 0;
   for (double l : latencies) mean += l;
   if (!latencies.empty()) mean /= latencies.size();
   const double throughput = latencies.size() / measured;
   if (const std::string trace = absl::GetFlag(FLAGS_trace); !trace.empty()) {
-    std::vector<Recorder::Call> calls = load.recorder().calls();
-    std::sort(calls.begin(), calls.end(), [](const auto& a, const auto& b) { return a.start_ms < b.start_ms; });
     FILE* f = std::fopen(trace.c_str(), "w");
     if (f == nullptr) {
       std::fprintf(stderr, "error: cannot write --trace %s\n", trace.c_str());

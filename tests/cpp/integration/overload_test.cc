@@ -51,10 +51,11 @@ TEST_F(ServerTest, OverloadIsRefusedAtOnceAndAdmittedRequestsKeepABoundedLatency
   const std::string rss_series = "process_resident_memory_bytes";
   const double rss_before = Sample(HttpGet(server_->metrics_port(), "/metrics"), rss_series);
   int exit_status = 0;
+  const std::string trace = ::testing::TempDir() + "/overload.trace";
   const std::string out =
       RunCommand(Env("CARE_BENCH") + " --server=127.0.0.1:" + std::to_string(server_->grpc_port()) +
               " --task=classify --model=care_s0_cls --rate=3000 --duration=4 --warmup=0 --generate=640x480 --json"
-              " 2>/dev/null",
+              " --trace=" + trace + " 2>/dev/null",
           &exit_status);
   ASSERT_EQ(exit_status, 0) << out;
   google::protobuf::Struct report;
@@ -69,6 +70,28 @@ TEST_F(ServerTest, OverloadIsRefusedAtOnceAndAdmittedRequestsKeepABoundedLatency
   }
   EXPECT_GT(ok, 0) << out;
   EXPECT_GT(exhausted, ok) << "not overloaded: " << out;
+
+  // care-bench --trace: one line per call the report counts, in order of scheduled start
+  // (within the 4 s window), with the report's status counts.
+  std::map<std::string, double> traced;
+  double last_start = -1;
+  int lines = 0;
+  const std::string trace_text = ReadFile(trace);
+  for (absl::string_view line : absl::StrSplit(trace_text, '\n', absl::SkipEmpty())) {
+    if (line[0] == '#') continue;
+    ++lines;
+    const std::vector<std::string> fields = absl::StrSplit(line, ' ');
+    ASSERT_EQ(fields.size(), 3u) << line;
+    const double start = std::stod(fields[0]);
+    EXPECT_GE(start, last_start) << line;
+    EXPECT_LT(start, 4000.0) << line;
+    EXPECT_GE(std::stod(fields[1]), 0.0) << line;
+    last_start = start;
+    ++traced[fields[2]];
+  }
+  EXPECT_EQ(lines, ok + exhausted) << out;
+  EXPECT_EQ(traced["OK"], ok);
+  EXPECT_EQ(traced["RESOURCE_EXHAUSTED"], exhausted);
   // One queue's worth (256 queued or being decoded, plus two executors' batches of 16) at
   // the throughput measured in this run, twice over, plus half a second. Without admission
   // before decoding the backlog grows for the whole run (4 s at 3000/s).
