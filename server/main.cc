@@ -35,16 +35,6 @@
 #include "server/repository/model_repository.h"
 #include "server/scheduler/batch_scheduler.h"
 
-namespace {
-// The CPUs the default thread counts are sized for: the affinity mask and the cgroup CPU
-// quota (a container's limit), not the node's cores.
-const careserve::UsableCpus& Cpus() {
-  static const careserve::UsableCpus* cpus = new careserve::UsableCpus(careserve::DetectUsableCpus());
-  return *cpus;
-}
-int Cores() { return Cpus().count; }
-}  // namespace
-
 ABSL_FLAG(std::string, model_repository, "", "Model repository directory (one folder per model; see docs/service.md).");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on for gRPC and metrics.");
 ABSL_FLAG(int, port, 50051, "gRPC port (0: any free port, logged at startup).");
@@ -108,19 +98,22 @@ int Run() {
     Log(LogLevel::kError, "--model_repository is required");
     return 2;
   }
-  const int runners = absl::GetFlag(FLAGS_engine_runners) > 0 ? absl::GetFlag(FLAGS_engine_runners) : Cores();
+  // The default thread counts follow the CPUs this process may use (affinity mask, cgroup CPU
+  // quota: a container's limit), not the node's cores.
+  const UsableCpus cpus = DetectUsableCpus();
+  const int runners = absl::GetFlag(FLAGS_engine_runners) > 0 ? absl::GetFlag(FLAGS_engine_runners) : cpus.count;
   if (absl::GetFlag(FLAGS_engine_runners) < 0 || runners > 64) {
     Log(LogLevel::kError, "--engine_runners must be between 0 and 64",
         {{"engine_runners", std::to_string(absl::GetFlag(FLAGS_engine_runners))}});
     return 2;
   }
   const int intra = absl::GetFlag(FLAGS_intra_op_threads) > 0 ? absl::GetFlag(FLAGS_intra_op_threads)
-                                                             : std::max(1, Cores() / runners);
+                                                             : std::max(1, cpus.count / runners);
   // Half the cores: the pool runs while the runners compute earlier batches. Measured on 2
   // cores, CARE-S0 224 at concurrency 64: 1 thread 92.2/91.3 img/s, 2 threads 84.9/88.7
   // (docs/service.md).
   const int pre = absl::GetFlag(FLAGS_preprocess_threads) > 0 ? absl::GetFlag(FLAGS_preprocess_threads)
-                                                               : std::max(1, Cores() / 2);
+                                                               : std::max(1, cpus.count / 2);
   const int64_t max_pixels = absl::GetFlag(FLAGS_max_image_pixels);
   if (max_pixels < 1) {
     Log(LogLevel::kError, "--max_image_pixels must be positive");
@@ -135,7 +128,7 @@ int Run() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   const int lone = absl::GetFlag(FLAGS_lone_batch_threads) > 0 ? absl::GetFlag(FLAGS_lone_batch_threads)
-                                                               : Cores();
+                                                               : cpus.count;
   const int lone_spin_us = absl::GetFlag(FLAGS_lone_batch_spin_us);
   if (lone_spin_us < 0 || lone_spin_us > 1'000'000) {
     Log(LogLevel::kError, "--lone_batch_spin_us must be between 0 and 1000000",
@@ -210,8 +203,8 @@ int Run() {
       {{"grpc_port", std::to_string(grpc_port)},
        {"metrics_port", std::to_string(metrics_port)},
        {"tls", ServerTlsMode(tls)},
-       {"cpus", std::to_string(Cpus().count)},
-       {"cpus_from", Cpus().source},
+       {"cpus", std::to_string(cpus.count)},
+       {"cpus_from", cpus.source},
        {"engine_runners", std::to_string(runners)},
        {"intra_op_threads", std::to_string(intra)},
        {"lone_batch_threads", std::to_string(std::max(lone, intra))},

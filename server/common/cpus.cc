@@ -115,7 +115,6 @@ std::optional<double> ParseCfsQuota(const std::string& quota, const std::string&
 
 UsableCpus DetectUsableCpus(const std::string& root, int affinity) {
   UsableCpus out;
-  out.affinity = affinity;
   std::optional<Mount> v2_mount, v1_mount;
   std::optional<std::string> v2_path, v1_path;
   if (auto mountinfo = ReadFile(Join(root, "/proc/self/mountinfo"))) FindMounts(*mountinfo, &v2_mount, &v1_mount);

@@ -15,8 +15,7 @@ struct UsableCpus {
   // Where the count comes from, for the startup log: e.g. "cgroup v2 cpu.max 200000 100000
   // at /sys/fs/cgroup/kubepods/pod1", "affinity mask", "hardware".
   std::string source;
-  int affinity = 0;                    // CPUs in the affinity mask (0: unknown)
-  std::optional<double> quota_cpus;    // the tightest cgroup quota found, in CPUs
+  std::optional<double> quota_cpus;  // the tightest cgroup quota found, in CPUs
 };
 
 // The files read, relative to `root` ("/" on a real system; a fixture directory in tests):

@@ -1,8 +1,7 @@
-// Usable CPUs from fixture /proc and cgroup trees (v1, v2, nested, none), and from the real
-// process under taskset.
+// Usable CPUs from fixture /proc and cgroup trees (v1, v2, nested, none); the real process
+// under an affinity mask and a cgroup quota: tests/cpp/integration/runtime_test.cc.
 #include "server/common/cpus.h"
 
-#include <sched.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -137,24 +136,6 @@ TEST(DetectUsableCpus, NoLimitAnywhere) {
   // Nothing readable at all: the caller decides (0).
   Fixture empty;
   EXPECT_EQ(DetectUsableCpus(empty.root(), 0).count, 0);
-}
-
-TEST(DetectUsableCpus, RealProcessFollowsItsAffinityMask) {
-  cpu_set_t before;
-  ASSERT_EQ(sched_getaffinity(0, sizeof(before), &before), 0);
-  cpu_set_t one;
-  CPU_ZERO(&one);
-  for (int i = 0; i < CPU_SETSIZE; ++i) {
-    if (CPU_ISSET(i, &before)) {
-      CPU_SET(i, &one);
-      break;
-    }
-  }
-  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
-  const UsableCpus cpus = DetectUsableCpus();
-  ASSERT_EQ(sched_setaffinity(0, sizeof(before), &before), 0);
-  EXPECT_EQ(cpus.count, 1) << cpus.source;
-  EXPECT_EQ(cpus.affinity, 1);
 }
 
 }  // namespace
