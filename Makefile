@@ -76,7 +76,7 @@ bench: build bench-deps
 
 # Node.js and npm for the ONNX Runtime baseline (bench/ort).
 bench-deps:
-	bash scripts/bench_deps.sh
+	bash scripts/deps.sh --bench
 
 # The same run in seconds (numbers meaningless), so that make bench keeps working.
 test-bench: bench-deps

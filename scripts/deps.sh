@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian package careserve needs to build, test and serve.
+# Installs every Debian package careserve needs to build, test and serve (with --bench:
+# Node.js and npm for make bench's ONNX Runtime baseline).
 # Idempotent: does nothing (not even apt-get update) when all are present.
 set -euo pipefail
 
@@ -18,12 +19,19 @@ BUILD_PKGS=(
 )
 
 missing=()
-for p in "${BUILD_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-# kubectl (for `kubectl kustomize` in the deployment tests): any kubectl on PATH will do;
-# else Debian's.
-command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+if [ "${1:-}" = "--bench" ]; then
+  # Only Node.js and npm, for make bench's ONNX Runtime baseline (bench/ort): any on PATH
+  # will do, else Debian's. Apart, so that the server's build and its image do not carry them.
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+else
+  for p in "${BUILD_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  # kubectl (for `kubectl kustomize` in the deployment tests): any kubectl on PATH will do;
+  # else Debian's.
+  command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
