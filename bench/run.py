@@ -6,7 +6,7 @@ per task.
     /usr/bin/python3 bench/run.py                 # full: docs/benchmarks.md, docs/bench/*.png
     /usr/bin/python3 bench/run.py --smoke         # seconds: build/bench_smoke/ (make test)
 
-Needs `make build` (care-server, care-bench, care-engine-bench), Node.js and npm (scripts/deps.sh).
+Needs `make build` (care-server, care-bench, care-engine-bench) and Node.js with npm (`make bench-deps`).
 """
 import argparse
 import datetime
@@ -125,6 +125,9 @@ def ort_setup():
     """onnxruntime-node from the npm registry (package-lock.json; --ignore-scripts skips its
     install script, which downloads GPU libraries), the classifier exported to ONNX, and a check
     that ONNX Runtime computes what PyTorch does."""
+    if not os.path.exists(TCMALLOC):
+        raise RuntimeError(f"{TCMALLOC} (libtcmalloc-minimal4, scripts/deps.sh) is needed: the ONNX Runtime runs "
+                           "get care-server's allocator")
     run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=ORT_DIR)
     run([PYTHON, os.path.join(ROOT, "bench", "export_onnx.py"), "--arch", ONNX_ARCH, "--out", ONNX_DIR])
     model = os.path.join(ONNX_DIR, f"{ONNX_ARCH}.onnx")
@@ -135,13 +138,11 @@ def ort_setup():
 
 
 def ort(settings, ort_info, sessions, threads, batches=None, seconds=None):
-    env = dict(os.environ)
-    if os.path.exists(TCMALLOC):
-        env["LD_PRELOAD"] = TCMALLOC
     out = run(["node", os.path.join(ORT_DIR, "ort_bench.js"), "--model", ort_info["model"],
                f"--sessions={sessions}", f"--threads={threads}",
                f"--batch_sizes={','.join(map(str, batches or settings.batches))}",
-               f"--seconds={seconds or settings.engine_seconds}"], env=env, timeout=1200)
+               f"--seconds={seconds or settings.engine_seconds}"], env=dict(os.environ, LD_PRELOAD=TCMALLOC),
+              timeout=1200)
     return json_lines(out)
 
 
@@ -172,23 +173,20 @@ def paired_ort(settings, server, ort_info, ort_rows):
         pairs.append({"ort_ips": o[0]["throughput_ips"], "server_rps": s["throughput_rps"],
                       "ort_b1_ms": o1[0]["batch_ms"]["p50"], "engine_b1_ms": e1[0]["batch_ms"]["p50"],
                       "server_c1_ms": s1["latency_ms"]["p50"]})
-    return {"pairs": pairs, "fast": (fast_name, fast["batch"]), "lone": lone_name}
+    return {"pairs": pairs, "fast": (*layouts[fast_name], fast["batch"]), "lone": layouts[lone_name]}
 
 
-def median_of(values):
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
-
-
-def ort_targets(engine_rows, ort_rows, ort_runs_ratio, ort_pairs):
+def ort_targets(ort_runs_ratio, ort_pairs):
     pairs = ort_pairs["pairs"]
-    thr = median_of([p["server_rps"] / p["ort_ips"] for p in pairs])
-    lat = median_of([p["server_c1_ms"] / p["ort_b1_ms"] for p in pairs])
-    eng = median_of([p["engine_b1_ms"] / p["ort_b1_ms"] for p in pairs])
-    fast_name, fast_batch = ort_pairs["fast"]
-    layouts = {name: (n, t) for name, n, t in ORT_LAYOUTS}
-    n, t = layouts[fast_name]
-    ln, lt = layouts[ort_pairs["lone"]]
+
+    def median_ratio(key):
+        return key(median_pair(pairs, key))
+
+    thr = median_ratio(lambda p: p["server_rps"] / p["ort_ips"])
+    lat = median_ratio(lambda p: p["server_c1_ms"] / p["ort_b1_ms"])
+    eng = median_ratio(lambda p: p["engine_b1_ms"] / p["ort_b1_ms"])
+    n, t, fast_batch = ort_pairs["fast"]
+    ln, lt = ort_pairs["lone"]
     thr_runs = ", ".join("%.0f/%.0f" % (p["server_rps"], p["ort_ips"]) for p in pairs)
     lat_runs = ", ".join("%.1f/%.1f" % (p["server_c1_ms"], p["ort_b1_ms"]) for p in pairs)
     rows = [
@@ -448,8 +446,9 @@ def table_open_loop(sweep):
     for r in sweep["rows"]:
         lat = r["latency_ms"]
         errors = sum(r["errors"].values())
+        # The replay is of the adaptive policy; fixed_delay rows (the same arrivals) leave it out.
         ideal = (f"{r['ideal'][50]:.1f} / {r['ideal'][99]:.1f} | {r['ideal'][99] / c1:.1f}x" if "ideal" in r
-                 else "| ")
+                 else " | ")
         lines.append(f"| {r['rate']:.1f} ({r['share']:.0%}) | {r['policy']} | {r['offered']:.1f} | "
                      f"{r['delivered']:.1f} | {r['delivered'] / r['offered']:.1%} | {lat['p50']:.1f} | {lat['p99']:.1f} | "
                      f"{lat['p99'] / c1:.1f}x | {ideal} | {errors} |")
@@ -798,7 +797,7 @@ def main():
         *targets(engine_rows, stock_rows, results[("classify", "224x224")], baseline_rows, c1_pairs,
                  saturation_pairs),
         *open_loop_targets(sweep),
-        *ort_targets(engine_rows, ort_rows, ort_runs_ratio, ort_pairs),
+        *ort_targets(ort_runs_ratio, ort_pairs),
         "",
         "## Open loop: Poisson arrivals",
         "",
