@@ -1,5 +1,5 @@
 // care-bench: a gRPC load generator for care-server, in the spirit of ghz and
-// perf_analyzer.
+// perf_analyzer, over care.vision.v1 or the Open Inference Protocol (--protocol).
 //
 //   care-bench --task classify --concurrency 16 --duration 30 --images DIR
 //   care-bench --task detect --rate 20 --duration 30 --generate 640x480
@@ -35,6 +35,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "care/vision/v1/vision.grpc.pb.h"
+#include "clients/oip_client.h"
 #include "grpcpp/grpcpp.h"
 #include "server/common/startup_env.h"
 #include "clients/tls_flags.h"
@@ -56,6 +57,9 @@ ABSL_FLAG(int, jpeg_quality, 90, "JPEG quality of --generate images.");
 ABSL_FLAG(double, timeout, 30, "Deadline of each call, in seconds.");
 ABSL_FLAG(int, channels, 1, "gRPC channels (connections) the calls are spread over.");
 ABSL_FLAG(bool, json, false, "Print the report as JSON.");
+ABSL_FLAG(std::string, protocol, "vision",
+          "vision (care.vision.v1) | oip-grpc (the Open Inference Protocol's ModelInfer; needs --model), or both "
+          "separated by a comma: call n goes by protocol n mod their number.");
 ABSL_FLAG(std::string, trace, "",
           "Write every measured call to this file: start (ms since measuring began, the scheduled start in "
           "open loop), latency (ms) and status code, one call per line in start order.");
@@ -112,7 +116,10 @@ struct Requests {
   std::vector<v1::ClassifyRequest> classify;
   std::vector<v1::DetectRequest> detect;
   std::vector<v1::SegmentRequest> segment;
+  std::vector<inference::ModelInferRequest> oip;  // the task's request per image
 };
+
+enum class Protocol { kVision, kOipGrpc };
 
 // The measured calls: when each started (ms after measuring began), its latency and status.
 class Recorder {
@@ -144,12 +151,19 @@ struct Call {
   v1::ClassifyResponse classify;
   v1::DetectResponse detect;
   v1::SegmentResponse segment;
+  inference::ModelInferResponse oip;
 };
 
 class Load {
  public:
-  Load(std::vector<std::unique_ptr<v1::VisionService::Stub>> stubs, Requests requests, std::string task)
-      : stubs_(std::move(stubs)), requests_(std::move(requests)), task_(std::move(task)) {}
+  Load(std::vector<std::shared_ptr<grpc::Channel>> channels, Requests requests, std::string task,
+       std::vector<Protocol> protocols)
+      : requests_(std::move(requests)), task_(std::move(task)), protocols_(std::move(protocols)) {
+    for (const auto& channel : channels) {
+      stubs_.push_back(v1::VisionService::NewStub(channel));
+      oip_stubs_.push_back(inference::GRPCInferenceService::NewStub(channel));
+    }
+  }
 
   // Starts one call; `done` runs when it ends.
   void Start(uint64_t n, Clock::time_point scheduled, std::function<void()> done) {
@@ -164,7 +178,10 @@ class Load {
       if (done) done();
     };
     in_flight_.fetch_add(1);
-    if (task_ == "classify") {
+    if (protocols_[n % protocols_.size()] == Protocol::kOipGrpc) {
+      const auto& r = requests_.oip[n % requests_.oip.size()];
+      oip_stubs_[n % oip_stubs_.size()]->async()->ModelInfer(&call->context, &r, &call->oip, std::move(finish));
+    } else if (task_ == "classify") {
       const auto& r = requests_.classify[n % requests_.classify.size()];
       stub->async()->Classify(&call->context, &r, &call->classify, std::move(finish));
     } else if (task_ == "detect") {
@@ -182,8 +199,10 @@ class Load {
 
  private:
   std::vector<std::unique_ptr<v1::VisionService::Stub>> stubs_;
+  std::vector<std::unique_ptr<inference::GRPCInferenceService::Stub>> oip_stubs_;
   Requests requests_;
   std::string task_;
+  std::vector<Protocol> protocols_;
   Clock::time_point measure_from_;
   Recorder recorder_;
   std::atomic<int> in_flight_{0};
@@ -216,6 +235,23 @@ int main(int argc, char** argv) {
   const int concurrency = std::max(1, absl::GetFlag(FLAGS_concurrency));
   const double duration = absl::GetFlag(FLAGS_duration), warmup = std::max(0.0, absl::GetFlag(FLAGS_warmup));
 
+  std::vector<Protocol> protocols;
+  for (const std::string& name : std::vector<std::string>(absl::StrSplit(absl::GetFlag(FLAGS_protocol), ','))) {
+    if (name == "vision") {
+      protocols.push_back(Protocol::kVision);
+    } else if (name == "oip-grpc") {
+      protocols.push_back(Protocol::kOipGrpc);
+    } else {
+      std::fprintf(stderr, "error: --protocol takes vision and oip-grpc, got \"%s\"\n", name.c_str());
+      return 64;
+    }
+  }
+  const bool oip = std::find(protocols.begin(), protocols.end(), Protocol::kOipGrpc) != protocols.end();
+  if (oip && absl::GetFlag(FLAGS_model).empty()) {
+    std::fprintf(stderr, "error: --protocol oip-grpc needs --model (the protocol has no default model)\n");
+    return 64;
+  }
+
   const std::vector<std::string> images = LoadImages();
   Requests requests;
   for (const std::string& image : images) {
@@ -231,21 +267,31 @@ int main(int argc, char** argv) {
     s.set_model(absl::GetFlag(FLAGS_model));
     s.mutable_image()->set_encoded(image);
     requests.segment.push_back(s);
+    if (oip) {
+      inference::ModelInferRequest r;
+      const grpc::Status built = task == "classify" ? careserve::OipClassifyRequest(c, &r)
+                                 : task == "detect" ? careserve::OipDetectRequest(d, &r)
+                                                    : careserve::OipSegmentRequest(s, &r);
+      if (!built.ok()) {
+        std::fprintf(stderr, "error: %s\n", built.error_message().c_str());
+        return 64;
+      }
+      requests.oip.push_back(std::move(r));
+    }
   }
   auto credentials = careserve::ChannelCredentialsFromFlags();
   if (!credentials.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(credentials.status().message()).c_str());
     return 64;
   }
-  std::vector<std::unique_ptr<v1::VisionService::Stub>> stubs;
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (int i = 0; i < std::max(1, absl::GetFlag(FLAGS_channels)); ++i) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(256 << 20);
     args.SetInt("grpc.channel_id", i);  // distinct channels, not one shared subchannel
-    stubs.push_back(v1::VisionService::NewStub(
-        grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), *credentials, args)));
+    channels.push_back(grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), *credentials, args));
   }
-  Load load(std::move(stubs), std::move(requests), task);
+  Load load(std::move(channels), std::move(requests), task, protocols);
 
   const Clock::time_point start = Clock::now();
   const Clock::time_point measure_from = start + std::chrono::microseconds(static_cast<int64_t>(warmup * 1e6));
@@ -311,17 +357,19 @@ int main(int argc, char** argv) {
     std::vector<std::string> error_fields;
     for (const auto& [code, n] : errors) error_fields.push_back(absl::StrCat("\"", CodeName(code), "\": ", n));
     std::printf(
-        "{\"task\": \"%s\", \"model\": \"%s\", \"mode\": \"%s\", \"concurrency\": %d, \"rate\": %g, "
+        "{\"task\": \"%s\", \"protocol\": \"%s\", \"model\": \"%s\", \"mode\": \"%s\", \"concurrency\": %d, \"rate\": %g, "
         "\"images\": %zu, \"duration_s\": %.3f, \"ok\": %zu, \"errors\": {%s}, \"throughput_rps\": %.3f, "
         "\"latency_ms\": {\"mean\": %.3f, \"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"p99.9\": %.3f, "
         "\"max\": %.3f}}\n",
-        task.c_str(), absl::GetFlag(FLAGS_model).c_str(), rate > 0 ? "open" : "closed", rate > 0 ? 0 : concurrency,
+        task.c_str(), absl::GetFlag(FLAGS_protocol).c_str(), absl::GetFlag(FLAGS_model).c_str(),
+        rate > 0 ? "open" : "closed", rate > 0 ? 0 : concurrency,
         rate, images.size(), measured, latencies.size(), absl::StrJoin(error_fields, ", ").c_str(), throughput, mean,
         Percentile(latencies, 50), Percentile(latencies, 90), Percentile(latencies, 99), Percentile(latencies, 99.9),
         latencies.empty() ? 0.0 : latencies.back());
   } else {
-    std::printf("care-bench %s on %s: %s, %zu images, %.1f s measured after %.1f s warm-up\n", task.c_str(),
-                absl::GetFlag(FLAGS_server).c_str(), mode.c_str(), images.size(), measured, warmup);
+    std::printf("care-bench %s on %s over %s: %s, %zu images, %.1f s measured after %.1f s warm-up\n", task.c_str(),
+                absl::GetFlag(FLAGS_server).c_str(), absl::GetFlag(FLAGS_protocol).c_str(), mode.c_str(),
+                images.size(), measured, warmup);
     std::printf("  ok %zu, errors %lld, throughput %.2f calls/s\n", latencies.size(), static_cast<long long>(failed),
                 throughput);
     std::printf("  latency ms: mean %.2f  p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f\n", mean,

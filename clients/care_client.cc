@@ -25,6 +25,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "care/vision/v1/vision.grpc.pb.h"
+#include "clients/oip_client.h"
 #include "clients/draw.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -53,6 +54,9 @@ ABSL_FLAG(std::string, draw, "",
 ABSL_FLAG(std::string, service, "", "health: service name (empty: the whole server).");
 ABSL_FLAG(bool, json, false, "Print the response as JSON.");
 ABSL_FLAG(double, timeout, 30, "Deadline of the call, in seconds.");
+ABSL_FLAG(std::string, protocol, "vision",
+          "vision (care.vision.v1) | oip-grpc (the Open Inference Protocol, KServe v2: ModelInfer; --model is "
+          "required; health asks ServerReady, or ModelReady with --model; metadata prints ModelMetadata).");
 
 namespace {
 
@@ -60,6 +64,25 @@ namespace v1 = care::vision::v1;
 
 constexpr int kUsageError = 64;
 constexpr int kNoInput = 66;
+
+// The stubs of both protocols on one channel, and which one the calls use.
+struct Stubs {
+  std::unique_ptr<v1::VisionService::Stub> vision;
+  std::unique_ptr<inference::GRPCInferenceService::Stub> oip;
+  bool use_oip = false;
+};
+
+// A vision call made over the Open Inference Protocol (clients/oip_client.h).
+template <typename Request, typename Response>
+grpc::Status CallOip(Stubs* stubs, grpc::ClientContext* context, const Request& request, Response* response,
+                     grpc::Status (*to)(const Request&, inference::ModelInferRequest*),
+                     grpc::Status (*from)(const inference::ModelInferResponse&, Response*)) {
+  inference::ModelInferRequest infer;
+  if (grpc::Status s = to(request, &infer); !s.ok()) return s;
+  inference::ModelInferResponse answer;
+  if (grpc::Status s = stubs->oip->ModelInfer(context, infer, &answer); !s.ok()) return s;
+  return from(answer, response);
+}
 
 int Fail(const grpc::Status& status) {
   std::fprintf(stderr, "error: %s: %s\n", absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())).c_str(),
@@ -132,7 +155,13 @@ int WritePicture(const cv::Mat& picture) {
   return 0;
 }
 
-int List(v1::VisionService::Stub* stub) {
+int List(Stubs* stubs) {
+  if (stubs->use_oip) {
+    std::fprintf(stderr, "error: the Open Inference Protocol has no model list; use --protocol=vision, or metadata "
+                         "--model=NAME\n");
+    return kUsageError;
+  }
+  v1::VisionService::Stub* stub = stubs->vision.get();
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::ListModelsResponse response;
@@ -154,7 +183,7 @@ int List(v1::VisionService::Stub* stub) {
   return 0;
 }
 
-int Classify(v1::VisionService::Stub* stub) {
+int Classify(Stubs* stubs) {
   v1::ClassifyRequest request;
   if (int rc = LoadImage(request.mutable_image())) return rc;
   request.set_model(absl::GetFlag(FLAGS_model));
@@ -163,7 +192,9 @@ int Classify(v1::VisionService::Stub* stub) {
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::ClassifyResponse response;
-  grpc::Status status = stub->Classify(&context, request, &response);
+  grpc::Status status = stubs->use_oip ? CallOip(stubs, &context, request, &response, careserve::OipClassifyRequest,
+                                                 careserve::VisionClassifyResponse)
+                                       : stubs->vision->Classify(&context, request, &response);
   if (!status.ok()) return Fail(status);
   if (absl::GetFlag(FLAGS_json)) {
     PrintJson(response);
@@ -177,7 +208,7 @@ int Classify(v1::VisionService::Stub* stub) {
   return 0;
 }
 
-int Detect(v1::VisionService::Stub* stub) {
+int Detect(Stubs* stubs) {
   v1::DetectRequest request;
   if (int rc = LoadImage(request.mutable_image())) return rc;
   request.set_model(absl::GetFlag(FLAGS_model));
@@ -188,7 +219,9 @@ int Detect(v1::VisionService::Stub* stub) {
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::DetectResponse response;
-  grpc::Status status = stub->Detect(&context, request, &response);
+  grpc::Status status = stubs->use_oip ? CallOip(stubs, &context, request, &response, careserve::OipDetectRequest,
+                                                 careserve::VisionDetectResponse)
+                                       : stubs->vision->Detect(&context, request, &response);
   if (!status.ok()) return Fail(status);
   if (!absl::GetFlag(FLAGS_draw).empty()) {
     const cv::Mat image = ImageForDrawing();
@@ -203,13 +236,15 @@ int Detect(v1::VisionService::Stub* stub) {
               static_cast<long long>(response.model_version()), response.detections_size(), response.image_width(),
               response.image_height());
   for (const v1::Detection& d : response.detections()) {
-    std::printf("  %6.3f  %-20s [%.1f, %.1f, %.1f, %.1f]\n", d.score(), d.label().c_str(), d.box().x_min(),
+    // Over the Open Inference Protocol only the class index comes back.
+    const std::string label = d.label().empty() ? absl::StrCat("class ", d.class_index()) : d.label();
+    std::printf("  %6.3f  %-20s [%.1f, %.1f, %.1f, %.1f]\n", d.score(), label.c_str(), d.box().x_min(),
                 d.box().y_min(), d.box().x_max(), d.box().y_max());
   }
   return 0;
 }
 
-int Segment(v1::VisionService::Stub* stub) {
+int Segment(Stubs* stubs) {
   v1::SegmentRequest request;
   if (int rc = LoadImage(request.mutable_image())) return rc;
   request.set_model(absl::GetFlag(FLAGS_model));
@@ -217,7 +252,9 @@ int Segment(v1::VisionService::Stub* stub) {
   grpc::ClientContext context;
   SetDeadline(&context);
   v1::SegmentResponse response;
-  grpc::Status status = stub->Segment(&context, request, &response);
+  grpc::Status status = stubs->use_oip ? CallOip(stubs, &context, request, &response, careserve::OipSegmentRequest,
+                                                 careserve::VisionSegmentResponse)
+                                       : stubs->vision->Segment(&context, request, &response);
   if (!status.ok()) return Fail(status);
   const std::string mask_out = absl::GetFlag(FLAGS_mask_out);
   if (!mask_out.empty()) {
@@ -247,6 +284,50 @@ int Segment(v1::VisionService::Stub* stub) {
   return 0;
 }
 
+// ServerReady, or ModelReady of --model: exit 0 when ready.
+int OipHealth(Stubs* stubs) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  bool ready = false;
+  grpc::Status status;
+  const std::string model = absl::GetFlag(FLAGS_model);
+  if (model.empty()) {
+    inference::ServerReadyResponse response;
+    status = stubs->oip->ServerReady(&context, {}, &response);
+    ready = response.ready();
+  } else {
+    inference::ModelReadyRequest request;
+    request.set_name(model);
+    if (absl::GetFlag(FLAGS_model_version) != 0) request.set_version(std::to_string(absl::GetFlag(FLAGS_model_version)));
+    inference::ModelReadyResponse response;
+    status = stubs->oip->ModelReady(&context, request, &response);
+    ready = response.ready();
+  }
+  if (!status.ok()) return Fail(status);
+  std::printf("%s\n", ready ? "READY" : "NOT_READY");
+  return ready ? 0 : 1;
+}
+
+int Metadata(Stubs* stubs) {
+  grpc::ClientContext context;
+  SetDeadline(&context);
+  const std::string model = absl::GetFlag(FLAGS_model);
+  grpc::Status status;
+  if (model.empty()) {
+    inference::ServerMetadataResponse response;
+    status = stubs->oip->ServerMetadata(&context, {}, &response);
+    if (status.ok()) PrintJson(response);
+  } else {
+    inference::ModelMetadataRequest request;
+    request.set_name(model);
+    if (absl::GetFlag(FLAGS_model_version) != 0) request.set_version(std::to_string(absl::GetFlag(FLAGS_model_version)));
+    inference::ModelMetadataResponse response;
+    status = stubs->oip->ModelMetadata(&context, request, &response);
+    if (status.ok()) PrintJson(response);
+  }
+  return status.ok() ? 0 : Fail(status);
+}
+
 int Health(const std::shared_ptr<grpc::Channel>& channel) {
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::health::v1::HealthCheckRequest request;
@@ -269,10 +350,10 @@ int Health(const std::shared_ptr<grpc::Channel>& channel) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "care-client COMMAND [flags]\n"
-      "commands: list | classify --image F | detect --image F | segment --image F | health");
+      "commands: list | classify --image F | detect --image F | segment --image F | health | metadata");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
-    std::fprintf(stderr, "usage: care-client list|classify|detect|segment|health [flags] (--help for flags)\n");
+    std::fprintf(stderr, "usage: care-client list|classify|detect|segment|health|metadata [flags] (--help for flags)\n");
     return kUsageError;
   }
   const std::string command = args[1];
@@ -285,12 +366,22 @@ int main(int argc, char** argv) {
     return kUsageError;
   }
   auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_server), *credentials, channel_args);
-  auto stub = v1::VisionService::NewStub(channel);
-  if (command == "list") return List(stub.get());
-  if (command == "classify") return Classify(stub.get());
-  if (command == "detect") return Detect(stub.get());
-  if (command == "segment") return Segment(stub.get());
-  if (command == "health") return Health(channel);
-  std::fprintf(stderr, "error: unknown command \"%s\" (list, classify, detect, segment, health)\n", command.c_str());
+  Stubs stubs;
+  stubs.vision = v1::VisionService::NewStub(channel);
+  stubs.oip = inference::GRPCInferenceService::NewStub(channel);
+  const std::string protocol = absl::GetFlag(FLAGS_protocol);
+  if (protocol != "vision" && protocol != "oip-grpc") {
+    std::fprintf(stderr, "error: --protocol must be vision or oip-grpc, got \"%s\"\n", protocol.c_str());
+    return kUsageError;
+  }
+  stubs.use_oip = protocol == "oip-grpc";
+  if (command == "list") return List(&stubs);
+  if (command == "classify") return Classify(&stubs);
+  if (command == "detect") return Detect(&stubs);
+  if (command == "segment") return Segment(&stubs);
+  if (command == "health") return stubs.use_oip ? OipHealth(&stubs) : Health(channel);
+  if (command == "metadata") return Metadata(&stubs);
+  std::fprintf(stderr, "error: unknown command \"%s\" (list, classify, detect, segment, health, metadata)\n",
+               command.c_str());
   return kUsageError;
 }

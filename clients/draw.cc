@@ -59,7 +59,9 @@ cv::Mat DrawDetections(const cv::Mat& bgr, const care::vision::v1::DetectRespons
     const cv::Point p2(static_cast<int>(std::lround(d.box().x_max())), static_cast<int>(std::lround(d.box().y_max())));
     cv::rectangle(out, p1, p2, color, style.line, cv::LINE_AA);
     char text[160];
-    std::snprintf(text, sizeof(text), "%s %.2f", d.label().c_str(), d.score());
+    // An answer without labels (the Open Inference Protocol's) names the class index.
+    const std::string label = d.label().empty() ? "class " + std::to_string(d.class_index()) : d.label();
+    std::snprintf(text, sizeof(text), "%s %.2f", label.c_str(), d.score());
     int baseline = 0;
     const int text_height =
         cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, style.font_scale, style.thickness, &baseline).height;
@@ -99,7 +101,8 @@ cv::Mat DrawSegmentation(const cv::Mat& bgr, const cv::Mat& mask, const care::vi
   for (int i = 0; i < entries; ++i) {
     const auto& c = response.classes(i);
     char text[160];
-    std::snprintf(text, sizeof(text), "%s %.1f%%", c.label().c_str(), 100.0 * c.fraction());
+    const std::string label = c.label().empty() ? "class " + std::to_string(c.class_index()) : c.label();
+    std::snprintf(text, sizeof(text), "%s %.1f%%", label.c_str(), 100.0 * c.fraction());
     texts.push_back(text);
     width = std::max(width, cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, style.font_scale, style.thickness,
                                             &baseline).width);

@@ -13,6 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.join(ROOT, "deploy", "grafana", "careserve.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'job="$job", model=~"$model"'
+# Request series also by the API they came by (vision, oip_grpc).
+RSEL = SEL + ', api=~"$api"'
 JOB = 'job="$job"'
 RI = "$__rate_interval"
 SERVER_ERRORS = 'code=~"INTERNAL|UNKNOWN|UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|DATA_LOSS"'
@@ -30,8 +32,8 @@ def panel(pid, title, targets, x, y, w=12, h=8, unit="short", kind="timeseries",
     return p
 
 
-def quantiles(metric, by):
-    return [target(f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{{{SEL}}}[{RI}])))",
+def quantiles(metric, by, sel=SEL):
+    return [target(f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket{{{sel}}}[{RI}])))",
                    f"p{int(q * 100)} " + " ".join("{{%s}}" % label for label in by.split(", ")), chr(ord("A") + i))
             for i, q in enumerate((0.5, 0.95, 0.99))]
 
@@ -40,7 +42,7 @@ def dashboard():
     panels = [
         panel(1, "Ready replicas", [target(f"sum(care_server_ready{{{JOB}}})", "ready", "A")], 0, 0, w=6, h=4,
               kind="stat", description="Servers reporting SERVING (every model warm, not draining)."),
-        panel(2, "Requests/s", [target(f"sum(rate(care_requests_total{{{SEL}}}[{RI}]))", "requests/s", "A")],
+        panel(2, "Requests/s", [target(f"sum(rate(care_requests_total{{{RSEL}}}[{RI}]))", "requests/s", "A")],
               6, 0, w=6, h=4, kind="stat", unit="reqps"),
         panel(3, "Server error ratio",
               [target(f"sum(rate(care_requests_total{{{SEL}, {SERVER_ERRORS}}}[{RI}])) or vector(0)", "errors", "A")],
@@ -48,15 +50,16 @@ def dashboard():
         panel(4, "Models served", [target(f"care_model_info{{{SEL}}}", "", "A", instant=True, format="table")],
               18, 0, w=6, h=4, kind="table",
               description="One row per model version; weights=random means its answers mean nothing."),
-        panel(5, "Request rate by method, model, code",
-              [target(f"sum by (method, model, code) (rate(care_requests_total{{{SEL}}}[{RI}]))",
-                      "{{method}} {{model}} {{code}}", "A")], 0, 4, unit="reqps"),
-        panel(6, "Error rate by method, model, code (non-OK)",
-              [target(f'sum by (method, model, code) (rate(care_requests_total{{{SEL}, code!="OK"}}[{RI}]))',
-                      "{{method}} {{model}} {{code}}", "A")], 12, 4, unit="reqps",
+        panel(5, "Request rate by API, method, model, code",
+              [target(f"sum by (api, method, model, code) (rate(care_requests_total{{{RSEL}}}[{RI}]))",
+                      "{{api}} {{method}} {{model}} {{code}}", "A")], 0, 4, unit="reqps",
+              description="api: vision (care.vision.v1) or oip_grpc (the Open Inference Protocol)."),
+        panel(6, "Error rate by API, method, model, code (non-OK)",
+              [target(f'sum by (api, method, model, code) (rate(care_requests_total{{{RSEL}, code!="OK"}}[{RI}]))',
+                      "{{api}} {{method}} {{model}} {{code}}", "A")], 12, 4, unit="reqps",
               description="Client errors (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) included."),
-        panel(7, "Request latency p50 / p95 / p99", quantiles("care_request_duration_seconds", "method, model"),
-              0, 12, unit="s"),
+        panel(7, "Request latency p50 / p95 / p99",
+              quantiles("care_request_duration_seconds", "api, method, model", RSEL), 0, 12, unit="s"),
         panel(8, "Where the time goes (p95): queue, preprocessing, inference per batch, postprocessing",
               [target(f"histogram_quantile(0.95, sum by (le, model) (rate({m}_bucket{{{SEL}}}[{RI}])))",
                       f"{name} {{{{model}}}}", chr(ord('A') + i))
@@ -85,8 +88,8 @@ def dashboard():
     ]
     # The error-ratio stat: server-side errors over all requests.
     panels[2]["targets"][0]["expr"] = (
-        f"(sum(rate(care_requests_total{{{SEL}, {SERVER_ERRORS}}}[{RI}])) or vector(0)) / "
-        f"sum(rate(care_requests_total{{{SEL}}}[{RI}]))")
+        f"(sum(rate(care_requests_total{{{RSEL}, {SERVER_ERRORS}}}[{RI}])) or vector(0)) / "
+        f"sum(rate(care_requests_total{{{RSEL}}}[{RI}]))")
     return {
         "__inputs": [{"name": "DS_PROMETHEUS", "label": "Prometheus", "type": "datasource",
                       "pluginId": "prometheus", "pluginName": "Prometheus"}],
@@ -109,6 +112,10 @@ def dashboard():
             {"name": "model", "label": "Model", "type": "query", "datasource": DS,
              "query": {"query": 'label_values(care_model_info{job="$job"}, model)', "refId": "model"},
              "definition": 'label_values(care_model_info{job="$job"}, model)', "refresh": 2,
+             "multi": True, "includeAll": True, "allValue": ".*", "current": {}, "hide": 0},
+            {"name": "api", "label": "API", "type": "query", "datasource": DS,
+             "query": {"query": 'label_values(care_requests_total{job="$job"}, api)', "refId": "api"},
+             "definition": 'label_values(care_requests_total{job="$job"}, api)', "refresh": 2,
              "multi": True, "includeAll": True, "allValue": ".*", "current": {}, "hide": 0},
         ]},
         "annotations": {"list": []},

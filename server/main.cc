@@ -1,5 +1,6 @@
-// care-server: serves a model repository over gRPC (care.vision.v1.VisionService, health,
-// reflection) with dynamic batching, and Prometheus metrics over HTTP.
+// care-server: serves a model repository over gRPC (care.vision.v1.VisionService, the Open
+// Inference Protocol's inference.GRPCInferenceService, health, reflection) with dynamic
+// batching, and Prometheus metrics over HTTP.
 #include <signal.h>
 
 #include <cstdio>
@@ -21,6 +22,7 @@
 #include "grpcpp/server_builder.h"
 #include "opencv2/core.hpp"
 #include "server/api/open_streams.h"
+#include "server/api/oip_service.h"
 #include "server/api/vision_service.h"
 #include "server/common/cpus.h"
 #include "server/common/log.h"
@@ -170,7 +172,9 @@ int Run() {
   DecodeLimits decode_limits;
   decode_limits.max_pixels = max_pixels;
   decode_limits.reduced_jpeg_decode = absl::GetFlag(FLAGS_reduced_jpeg_decode);
-  VisionService service(&metrics, &preprocess, decode_limits);
+  Frontend frontend(&metrics, &preprocess, decode_limits);
+  VisionService service(&frontend);
+  OipService oip(&frontend);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   const ServerTls tls{absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls_client_ca)};
@@ -186,6 +190,7 @@ int Run() {
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxSendMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.RegisterService(&service);
+  builder.RegisterService(&oip);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
     Log(LogLevel::kError, "cannot listen for gRPC", {{"port", std::to_string(absl::GetFlag(FLAGS_port))}});
@@ -194,6 +199,7 @@ int Run() {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   // NOT_SERVING until every model is loaded and warm, for the server ("") and the service.
   health->SetServingStatus(care::vision::v1::VisionService::service_full_name(), false);
+  health->SetServingStatus(inference::GRPCInferenceService::service_full_name(), false);
   health->SetServingStatus(false);
   // "liveness": SERVING whenever the process answers at all (Kubernetes liveness probes);
   // "" and the service name say whether requests can be served (readiness).
@@ -229,7 +235,7 @@ int Run() {
   }
   int ready = 0, failed = 0;
   for (const auto& m : (*repository)->models()) (m->ready() ? ready : failed)++;
-  service.SetRepository(repository->get());
+  frontend.SetRepository(repository->get());
   health->SetServingStatus(true);
   metrics.SetReady(true);
   Log(LogLevel::kInfo, "serving",
@@ -247,7 +253,7 @@ int Run() {
   // with a reason, while those in flight finish.
   health->SetServingStatus(false);
   metrics.SetReady(false);
-  service.StartDraining();
+  frontend.StartDraining();
   // Until every call is answered, those whose request is still arriving included (gRPC's
   // Shutdown cancels those: the client would see CANCELLED, not retryable), and no new call
   // has begun for `quiet`: a call that begins just as Shutdown starts is cancelled too, and
@@ -257,7 +263,7 @@ int Run() {
   int unfinished = 0, arriving = 0;
   absl::Time quiet_since = absl::InfiniteFuture();
   for (;;) {
-    unfinished = service.InFlight();
+    unfinished = frontend.InFlight();
     arriving = OpenServerStreams();
     const absl::Time now = absl::Now();
     if (unfinished > 0 || arriving > 0) {

@@ -131,10 +131,10 @@ void ModelMetrics::CountShed(const std::string& reason) const {
   shed->Add({{"model", model}, {"reason", reason}}).Increment();
 }
 
-void ServerMetrics::ObserveRequest(const std::string& method, const std::string& model, const std::string& code,
-                                   absl::Duration duration) {
-  requests_.Add({{"method", method}, {"model", model}, {"code", code}}).Increment();
-  request_seconds_.Add({{"method", method}, {"model", model}}, LatencyBuckets())
+void ServerMetrics::ObserveRequest(const std::string& api, const std::string& method, const std::string& model,
+                                   const std::string& code, absl::Duration duration) {
+  requests_.Add({{"api", api}, {"method", method}, {"model", model}, {"code", code}}).Increment();
+  request_seconds_.Add({{"api", api}, {"method", method}, {"model", model}}, LatencyBuckets())
       .Observe(absl::ToDoubleSeconds(duration));
 }
 

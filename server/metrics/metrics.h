@@ -44,8 +44,9 @@ class ServerMetrics {
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
   ModelMetrics* ForModel(const std::string& model);
-  // A finished RPC: care_requests_total and care_request_duration_seconds.
-  void ObserveRequest(const std::string& method, const std::string& model, const std::string& code,
+  // A finished request: care_requests_total and care_request_duration_seconds. `api`:
+  // vision (care.vision.v1), oip_grpc or oip_http (the Open Inference Protocol).
+  void ObserveRequest(const std::string& api, const std::string& method, const std::string& model, const std::string& code,
                       absl::Duration duration);
   // care_server_ready: 1 while health is SERVING (models warm, not draining), else 0.
   void SetReady(bool ready) { ready_.Set(ready ? 1 : 0); }

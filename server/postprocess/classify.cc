@@ -24,4 +24,15 @@ std::vector<ClassScore> SoftmaxTopK(const float* logits, int num_classes, int k)
   return top;
 }
 
+std::vector<float> Softmax(const float* logits, int num_classes) {
+  const double max_logit = *std::max_element(logits, logits + num_classes);
+  double sum = 0.0;
+  for (int i = 0; i < num_classes; ++i) sum += std::exp(static_cast<double>(logits[i]) - max_logit);
+  std::vector<float> probabilities(num_classes);
+  for (int i = 0; i < num_classes; ++i) {
+    probabilities[i] = static_cast<float>(std::exp(static_cast<double>(logits[i]) - max_logit) / sum);
+  }
+  return probabilities;
+}
+
 }  // namespace careserve

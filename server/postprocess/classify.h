@@ -15,4 +15,7 @@ struct ClassScore {
 // equal scores in class order. 1 <= k <= num_classes.
 std::vector<ClassScore> SoftmaxTopK(const float* logits, int num_classes, int k);
 
+// The probability of every class, in class order; the same values SoftmaxTopK gives.
+std::vector<float> Softmax(const float* logits, int num_classes);
+
 }  // namespace careserve

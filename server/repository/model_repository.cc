@@ -177,13 +177,15 @@ void ModelRepository::ChooseDefaults() {
   }
 }
 
-absl::StatusOr<ServedModel*> ModelRepository::Resolve(const std::string& name, int64_t version, Task task) const {
+absl::StatusOr<ServedModel*> ModelRepository::Resolve(const std::string& name, int64_t version,
+                                                      std::optional<Task> task) const {
   const RepositoryModel* model = nullptr;
+  if (name.empty() && !task.has_value()) return absl::InvalidArgumentError("no model named: the model name is required");
   if (name.empty()) {
-    auto it = defaults_.find(task);
+    auto it = defaults_.find(*task);
     if (it == defaults_.end()) {
-      auto reason = no_default_reason_.find(task);
-      return absl::NotFoundError(absl::StrCat("no model named and no default ", TaskName(task), " model: ",
+      auto reason = no_default_reason_.find(*task);
+      return absl::NotFoundError(absl::StrCat("no model named and no default ", TaskName(*task), " model: ",
                                               reason == no_default_reason_.end() ? "" : reason->second));
     }
     model = it->second;
@@ -198,10 +200,10 @@ absl::StatusOr<ServedModel*> ModelRepository::Resolve(const std::string& name, i
           absl::StrCat("model \"", name, "\" is not in the repository (models: ", NameList(names), ")"));
     }
   }
-  if (model->spec.has_value() && model->spec->task != task) {
+  if (task.has_value() && model->spec.has_value() && model->spec->task != *task) {
     static const char* kMethod[] = {"Classify", "Detect", "Segment"};
     return absl::FailedPreconditionError(absl::StrCat("model \"", model->name, "\" is a ", TaskName(model->spec->task),
-                                                      " model, not a ", TaskName(task), " one; call ",
+                                                      " model, not a ", TaskName(*task), " one; call ",
                                                       kMethod[static_cast<int>(model->spec->task)], " for it"));
   }
   if (!model->ready()) {

@@ -56,8 +56,9 @@ class ModelRepository {
 
   // The version to run for a request: `name` empty means the task's default model,
   // `version` 0 the latest loaded version. NOT_FOUND for an unknown model or version,
-  // FAILED_PRECONDITION for a model of another task or one that failed to load.
-  absl::StatusOr<ServedModel*> Resolve(const std::string& name, int64_t version, Task task) const;
+  // FAILED_PRECONDITION for a model of another task or one that failed to load. `task`
+  // empty: a model of any task, which must be named (INVALID_ARGUMENT otherwise).
+  absl::StatusOr<ServedModel*> Resolve(const std::string& name, int64_t version, std::optional<Task> task) const;
 
   const std::vector<std::unique_ptr<RepositoryModel>>& models() const { return models_; }
 

@@ -1,5 +1,6 @@
 #include "server/scheduler/model_scheduler.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -62,7 +63,11 @@ void ModelScheduler::RunBatch(Batch batch) {
   for (int i = 0; i < n; ++i) {
     metrics_->queue_seconds->Observe(absl::ToDoubleSeconds(start - batch[i].enqueued));
     const auto& request = static_cast<const InferenceRequest&>(*batch[i].task);
-    NormalizeInto(request.image(), spec_.input, buffer->data() + i * image_floats);
+    if (request.tensor().size() == image_floats) {
+      std::copy(request.tensor().begin(), request.tensor().end(), buffer->data() + i * image_floats);
+    } else {
+      NormalizeInto(request.image(), spec_.input, buffer->data() + i * image_floats);
+    }
   }
   absl::StatusOr<BatchOutputs> outputs = model_->Run(buffer->data(), n, spec_.input.height, spec_.input.width);
   ReturnBuffer(std::move(buffer));

@@ -27,10 +27,19 @@ class InferenceRequest final : public BatchTask {
   // with the reason the request was not run (outputs null).
   using Done = absl::AnyInvocable<void(absl::Status status, const BatchOutputs* outputs, int row) &&>;
 
-  InferenceRequest(ResizedImage image, absl::Time deadline, const std::atomic<bool>* cancelled, Done done)
-      : image_(std::move(image)), deadline_(deadline), cancelled_(cancelled), done_(std::move(done)) {}
+  // `tensor` empty: the network input is normalised from `image`'s pixels; else it is
+  // `tensor` (3 x height x width floats, already normalised) and `image` only says how it
+  // maps back to the source.
+  InferenceRequest(ResizedImage image, std::vector<float> tensor, absl::Time deadline,
+                   const std::atomic<bool>* cancelled, Done done)
+      : image_(std::move(image)),
+        tensor_(std::move(tensor)),
+        deadline_(deadline),
+        cancelled_(cancelled),
+        done_(std::move(done)) {}
 
   const ResizedImage& image() const { return image_; }
+  const std::vector<float>& tensor() const { return tensor_; }
   absl::Time deadline() const override { return deadline_; }
   bool cancelled() const override { return cancelled_ != nullptr && cancelled_->load(std::memory_order_relaxed); }
   void Fail(absl::Status status) override { std::move(done_)(std::move(status), nullptr, -1); }
@@ -38,6 +47,7 @@ class InferenceRequest final : public BatchTask {
 
  private:
   ResizedImage image_;
+  std::vector<float> tensor_;
   absl::Time deadline_;
   const std::atomic<bool>* cancelled_;
   Done done_;

@@ -21,7 +21,7 @@ from conftest import BUILD, ROOT
 REPOSITORY = os.path.join(BUILD, "test_repository")
 SAMPLE = os.path.join(BUILD, "test_repository_reference", "images", "chelsea_451x300.png")
 # Values the dashboard's variables take here. $__rate_interval: 4 scrapes of 1 s and more.
-VARIABLES = {"$__rate_interval": "10s", "$job": "careserve", "$model": ".*"}
+VARIABLES = {"$__rate_interval": "10s", "$job": "careserve", "$model": ".*", "$api": ".*"}
 
 
 def free_port():
@@ -102,6 +102,7 @@ def traffic(stack):
         ["detect", "--model=care_s0_det", f"--image={SAMPLE}", "--score_threshold=0.33"],
         ["segment", "--model=care_s0_seg", f"--image={SAMPLE}"],
         ["classify", "--model=care_s0_cls", "--image=/etc/hostname"],  # INVALID_ARGUMENT
+        ["classify", "--model=care_s0_cls", f"--image={SAMPLE}", "--protocol=oip-grpc"],
     ]
     stop = threading.Event()
 
@@ -182,6 +183,13 @@ def test_dashboard_variables_resolve(stack, traffic):
         assert values, variable["name"]
     models = get_json(f"{stack['prometheus']}/api/v1/label/model/values?match[]=care_model_info")["data"]
     assert {"care_s0_cls", "care_s0_det", "care_s0_seg"} <= set(models)
+
+
+def test_requests_split_by_api(stack, traffic):
+    def apis():
+        result = query(stack, 'sum by (api) (care_requests_total{job="careserve",method=~"Classify|ModelInfer"})')
+        return {r["metric"]["api"] for r in result["data"]["result"]}
+    wait_for(lambda: {"vision", "oip_grpc"} <= apis(), 120, "requests of both APIs to be scraped")
 
 
 def test_alert_rules_are_loaded_and_evaluate(stack, traffic):

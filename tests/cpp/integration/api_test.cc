@@ -96,7 +96,7 @@ TEST_F(ServerTest, ConcurrentClassifyCallsGetTheirOwnImagesLogits) {
   EXPECT_GT(batches, 0);
   EXPECT_LT(batches, kCalls) << "no batch held more than one request";
   EXPECT_LT(singles, batches);
-  EXPECT_EQ(delta("care_requests_total{code=\"OK\",method=\"Classify\",model=\"care_s0_cls\"}"), kCalls);
+  EXPECT_EQ(delta("care_requests_total{api=\"vision\",code=\"OK\",method=\"Classify\",model=\"care_s0_cls\"}"), kCalls);
 }
 
 TEST_F(ServerTest, BadRequestsGetTheContractsStatusCodes) {

@@ -127,7 +127,7 @@ TEST(Drain, RequestsStillRunningAtTheDrainTimeoutAreCancelledAndTheServerExitsZe
   const std::string at_sigterm = HttpGet(server.metrics_port(), "/metrics");
   const double held = Sample(at_sigterm, R"(care_inflight_requests{model="care_s0_cls"})");
   const double answered_before =
-      std::max(0.0, Sample(at_sigterm, R"(care_requests_total{code="OK",method="Classify",model="care_s0_cls"})"));
+      std::max(0.0, Sample(at_sigterm, R"(care_requests_total{api="vision",code="OK",method="Classify",model="care_s0_cls"})"));
   ASSERT_GE(held, 24);
   const auto sigterm = std::chrono::steady_clock::now();
   server.Signal(SIGTERM);

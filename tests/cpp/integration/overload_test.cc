@@ -130,7 +130,7 @@ class BehindABurst {
     burst_ = std::make_unique<Burst>(stub, kBurst, "care_s0_cls", images);
     // The test's own request goes out once the server has every burst request (accepted or
     // already answered), so that it queues behind all of them.
-    const std::string ok = R"(care_requests_total{code="OK",method="Classify",model="care_s0_cls"})";
+    const std::string ok = R"(care_requests_total{api="vision",code="OK",method="Classify",model="care_s0_cls"})";
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     double received = 0;
     while (received < kBurst && std::chrono::steady_clock::now() < give_up) {
@@ -161,7 +161,7 @@ class BehindABurst {
       after = HttpGet(metrics_port_, "/metrics");
       dropped = 0;
       for (const char* code : codes) {
-        dropped += delta(absl::StrFormat(R"(care_requests_total{code="%s",method="Classify",model="care_s0_cls"})", code));
+        dropped += delta(absl::StrFormat(R"(care_requests_total{api="vision",code="%s",method="Classify",model="care_s0_cls"})", code));
       }
     }
     return {dropped, delta(R"(care_batch_size_sum{model="care_s0_cls"})")};

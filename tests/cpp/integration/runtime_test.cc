@@ -95,9 +95,9 @@ TEST_F(ServerTest, MetricsEndpointExportsTheContractsMetrics) {
         "process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds"}) {
     EXPECT_NE(metrics.find(std::string("# TYPE ") + family + " "), std::string::npos) << family;
   }
-  EXPECT_GE(Sample(metrics, R"(care_requests_total{code="INVALID_ARGUMENT",method="Classify",model="care_s0_cls"})"),
+  EXPECT_GE(Sample(metrics, R"(care_requests_total{api="vision",code="INVALID_ARGUMENT",method="Classify",model="care_s0_cls"})"),
             1);
-  EXPECT_GE(Sample(metrics, R"(care_requests_total{code="OK",method="Classify",model="care_s0_cls"})"), 1);
+  EXPECT_GE(Sample(metrics, R"(care_requests_total{api="vision",code="OK",method="Classify",model="care_s0_cls"})"), 1);
   EXPECT_EQ(Sample(metrics, R"(care_model_info{architecture="care_s0",model="care_s0_cls",task="classification",)"
                             R"(version="1",weights="random"})"),
             1);

@@ -1,0 +1,221 @@
+#include "clients/oip_client.h"
+
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "opencv2/imgcodecs.hpp"
+#include "opencv2/imgproc.hpp"
+
+namespace careserve {
+namespace {
+
+namespace v1 = care::vision::v1;
+using inference::ModelInferRequest;
+using inference::ModelInferResponse;
+
+grpc::Status Invalid(const std::string& message) { return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, message); }
+grpc::Status BadAnswer(const std::string& message) {
+  return grpc::Status(grpc::StatusCode::INTERNAL, "the server's ModelInfer answer: " + message);
+}
+
+grpc::Status Start(const std::string& model, int64_t version, const v1::Image& image, ModelInferRequest* out) {
+  if (model.empty()) return Invalid("the Open Inference Protocol needs a model name (--model)");
+  out->set_model_name(model);
+  if (version != 0) out->set_model_version(std::to_string(version));
+  auto* input = out->add_inputs();
+  if (image.has_raw()) {
+    const v1::RawImage& raw = image.raw();
+    const int type = raw.format() == v1::GRAY8 ? CV_8UC1 : CV_8UC3;
+    const size_t channels = raw.format() == v1::GRAY8 ? 1 : 3;
+    if (raw.width() <= 0 || raw.height() <= 0 ||
+        raw.data().size() != static_cast<size_t>(raw.width()) * raw.height() * channels) {
+      return Invalid("raw image: data does not match its width, height and format");
+    }
+    const cv::Mat pixels(raw.height(), raw.width(), type, const_cast<char*>(raw.data().data()));
+    cv::Mat rgb;
+    if (raw.format() == v1::GRAY8) {
+      cv::cvtColor(pixels, rgb, cv::COLOR_GRAY2RGB);
+    } else if (raw.format() == v1::BGR8) {
+      cv::cvtColor(pixels, rgb, cv::COLOR_BGR2RGB);
+    } else {
+      rgb = pixels;
+    }
+    input->set_name("pixels");
+    input->set_datatype("UINT8");
+    for (int64_t d : {1, raw.height(), raw.width(), 3}) input->add_shape(d);
+    out->add_raw_input_contents(std::string(reinterpret_cast<const char*>(rgb.data), rgb.total() * 3));
+    return grpc::Status::OK;
+  }
+  input->set_name("image");
+  input->set_datatype("BYTES");
+  input->add_shape(1);
+  const uint32_t n = static_cast<uint32_t>(image.encoded().size());
+  std::string raw(4, '\0');
+  for (int k = 0; k < 4; ++k) raw[k] = static_cast<char>((n >> (8 * k)) & 0xff);
+  raw += image.encoded();
+  out->add_raw_input_contents(std::move(raw));
+  return grpc::Status::OK;
+}
+
+// Output `name`: its index, or -1.
+int Find(const ModelInferResponse& response, const std::string& name) {
+  for (int i = 0; i < response.outputs_size(); ++i) {
+    if (response.outputs(i).name() == name) return i;
+  }
+  return -1;
+}
+
+// The bytes of output i in raw form (typed FP32/INT32 contents re-packed).
+std::string RawOf(const ModelInferResponse& response, int i) {
+  if (i < response.raw_output_contents_size()) return response.raw_output_contents(i);
+  const auto& contents = response.outputs(i).contents();
+  if (contents.fp32_contents_size() > 0) {
+    return std::string(reinterpret_cast<const char*>(contents.fp32_contents().data()), contents.fp32_contents_size() * 4);
+  }
+  return std::string(reinterpret_cast<const char*>(contents.int_contents().data()), contents.int_contents_size() * 4);
+}
+
+template <typename T>
+std::vector<T> Values(const ModelInferResponse& response, int i) {
+  const std::string raw = RawOf(response, i);
+  std::vector<T> values(raw.size() / sizeof(T));
+  std::memcpy(values.data(), raw.data(), values.size() * sizeof(T));
+  return values;
+}
+
+void Header(const ModelInferResponse& response, std::string* model, int64_t* version) {
+  *model = response.model_name();
+  int64_t v = 0;
+  *version = absl::SimpleAtoi(response.model_version(), &v) ? v : 0;
+}
+
+}  // namespace
+
+grpc::Status OipClassifyRequest(const v1::ClassifyRequest& request, ModelInferRequest* out) {
+  if (grpc::Status s = Start(request.model(), request.model_version(), request.image(), out); !s.ok()) return s;
+  auto* output = out->add_outputs();
+  output->set_name("probabilities");
+  (*output->mutable_parameters())["classification"].set_int64_param(request.top_k() == 0 ? 5 : request.top_k());
+  return grpc::Status::OK;
+}
+
+grpc::Status OipDetectRequest(const v1::DetectRequest& request, ModelInferRequest* out) {
+  if (grpc::Status s = Start(request.model(), request.model_version(), request.image(), out); !s.ok()) return s;
+  auto& parameters = *out->mutable_parameters();
+  if (request.score_threshold() != 0) parameters["score_threshold"].set_double_param(request.score_threshold());
+  if (request.iou_threshold() != 0) parameters["iou_threshold"].set_double_param(request.iou_threshold());
+  if (request.max_detections() != 0) parameters["max_detections"].set_int64_param(request.max_detections());
+  return grpc::Status::OK;
+}
+
+grpc::Status OipSegmentRequest(const v1::SegmentRequest& request, ModelInferRequest* out) {
+  return Start(request.model(), request.model_version(), request.image(), out);
+}
+
+grpc::Status VisionClassifyResponse(const ModelInferResponse& response, v1::ClassifyResponse* out) {
+  int64_t version = 0;
+  Header(response, out->mutable_model(), &version);
+  out->set_model_version(version);
+  const int i = Find(response, "probabilities");
+  if (i < 0 || response.outputs(i).datatype() != "BYTES") return BadAnswer("no BYTES output probabilities");
+  std::vector<std::string> entries;
+  if (i < response.raw_output_contents_size()) {
+    const std::string& raw = response.raw_output_contents(i);
+    for (size_t at = 0; at + 4 <= raw.size();) {
+      const auto* p = reinterpret_cast<const unsigned char*>(raw.data() + at);
+      const uint32_t n = p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
+      entries.push_back(raw.substr(at + 4, n));
+      at += 4 + n;
+    }
+  } else {
+    entries.assign(response.outputs(i).contents().bytes_contents().begin(),
+                   response.outputs(i).contents().bytes_contents().end());
+  }
+  for (const std::string& entry : entries) {
+    std::vector<std::string> parts = absl::StrSplit(entry, absl::MaxSplits(':', 2));
+    float score = 0;
+    int index = 0;
+    if (parts.size() != 3 || !absl::SimpleAtof(parts[0], &score) || !absl::SimpleAtoi(parts[1], &index)) {
+      return BadAnswer(absl::StrCat("classification entry \"", entry, "\" is not score:index:label"));
+    }
+    v1::Classification* c = out->add_classes();
+    c->set_score(score);
+    c->set_index(index);
+    c->set_label(parts[2]);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status VisionDetectResponse(const ModelInferResponse& response, v1::DetectResponse* out) {
+  int64_t version = 0;
+  Header(response, out->mutable_model(), &version);
+  out->set_model_version(version);
+  const int b = Find(response, "boxes"), s = Find(response, "scores"), c = Find(response, "classes"),
+            n = Find(response, "num_detections");
+  if (b < 0 || s < 0 || c < 0 || n < 0) return BadAnswer("missing boxes, scores, classes or num_detections");
+  const std::vector<float> boxes = Values<float>(response, b), scores = Values<float>(response, s);
+  const std::vector<int32_t> classes = Values<int32_t>(response, c), counts = Values<int32_t>(response, n);
+  if (counts.size() != 1 || static_cast<size_t>(counts[0]) > scores.size() || boxes.size() != 4 * scores.size() ||
+      classes.size() != scores.size()) {
+    return BadAnswer("detection outputs of inconsistent sizes");
+  }
+  for (int j = 0; j < counts[0]; ++j) {
+    v1::Detection* d = out->add_detections();
+    d->mutable_box()->set_x_min(boxes[4 * j]);
+    d->mutable_box()->set_y_min(boxes[4 * j + 1]);
+    d->mutable_box()->set_x_max(boxes[4 * j + 2]);
+    d->mutable_box()->set_y_max(boxes[4 * j + 3]);
+    d->set_class_index(classes[j]);
+    d->set_score(scores[j]);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status VisionSegmentResponse(const ModelInferResponse& response, v1::SegmentResponse* out) {
+  int64_t version = 0;
+  Header(response, out->mutable_model(), &version);
+  out->set_model_version(version);
+  const int i = Find(response, "mask");
+  if (i < 0 || response.outputs(i).shape_size() != 3) return BadAnswer("no mask output [1, H, W]");
+  const auto& tensor = response.outputs(i);
+  const int height = static_cast<int>(tensor.shape(1)), width = static_cast<int>(tensor.shape(2));
+  const bool wide = tensor.datatype() == "UINT16";
+  cv::Mat mask(height, width, wide ? CV_16UC1 : CV_8UC1);
+  const size_t bytes = mask.total() * mask.elemSize();
+  if (i < response.raw_output_contents_size()) {
+    if (response.raw_output_contents(i).size() != bytes) return BadAnswer("mask of the wrong size");
+    std::memcpy(mask.data, response.raw_output_contents(i).data(), bytes);
+  } else {
+    const auto& values = tensor.contents().uint_contents();
+    if (static_cast<size_t>(values.size()) != mask.total()) return BadAnswer("mask of the wrong size");
+    for (size_t k = 0; k < mask.total(); ++k) {
+      if (wide) {
+        mask.ptr<uint16_t>()[k] = static_cast<uint16_t>(values[k]);
+      } else {
+        mask.ptr<uint8_t>()[k] = static_cast<uint8_t>(values[k]);
+      }
+    }
+  }
+  std::vector<uchar> png;
+  cv::imencode(".png", mask, png);
+  out->set_mask_png(std::string(png.begin(), png.end()));
+  out->set_width(width);
+  out->set_height(height);
+  std::map<int, int64_t> pixels;
+  for (size_t k = 0; k < mask.total(); ++k) ++pixels[wide ? mask.ptr<uint16_t>()[k] : mask.ptr<uint8_t>()[k]];
+  std::vector<std::pair<int64_t, int>> order;
+  for (const auto& [cls, count] : pixels) order.push_back({-count, cls});
+  std::sort(order.begin(), order.end());
+  for (const auto& [negative, cls] : order) {
+    v1::ClassCoverage* coverage = out->add_classes();
+    coverage->set_class_index(cls);
+    coverage->set_fraction(static_cast<float>(-negative / static_cast<double>(mask.total())));
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace careserve
