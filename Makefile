@@ -14,6 +14,7 @@ MODEL_REPOSITORY ?= models/default
 CHECKPOINT_DIR ?=
 PORT ?= 50051
 METRICS_PORT ?= 9091
+HTTP_PORT ?= 8000
 SERVER_FLAGS ?=
 
 .PHONY: deps bench-deps build repository samples serve test test-python test-cpp test-deploy test-serve test-demo train-demo evaluate-demo test-bench test-fuzz test-asan test-tsan fuzz fuzz-build soak profile bench clean
@@ -32,7 +33,7 @@ repository: deps
 	bash scripts/default_repository.sh $(MODEL_REPOSITORY) $(CHECKPOINT_DIR)
 
 serve: build repository
-	$(BUILD_DIR)/care-server --model_repository=$(MODEL_REPOSITORY) --port=$(PORT) --metrics_port=$(METRICS_PORT) $(SERVER_FLAGS)
+	$(BUILD_DIR)/care-server --model_repository=$(MODEL_REPOSITORY) --port=$(PORT) --metrics_port=$(METRICS_PORT) --http_port=$(HTTP_PORT) $(SERVER_FLAGS)
 
 test: build test-python test-cpp test-deploy test-serve test-demo test-bench test-fuzz
 

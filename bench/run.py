@@ -217,7 +217,7 @@ class Server:
         self.log_path = os.path.join(BUILD, f"{name}.log")
         self.log = open(self.log_path, "w+")
         self.process = subprocess.Popen([os.path.join(BUILD, "care-server"), f"--model_repository={repository}",
-                                         "--host=127.0.0.1", "--port=0", "--metrics_port=0", *flags],
+                                         "--host=127.0.0.1", "--port=0", "--metrics_port=0", "--http_port=0", *flags],
                                         stderr=self.log)
         deadline = time.time() + 300
         while time.time() < deadline:

@@ -10,6 +10,8 @@
 // scheduled start, so a slow server cannot hide its queueing (no coordinated omission).
 // Calls finishing in the first --warmup seconds are not counted. Prints throughput,
 // latency percentiles and errors by status code, as text or --json.
+#include <httplib.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -36,6 +38,7 @@
 #include "absl/synchronization/mutex.h"
 #include "care/vision/v1/vision.grpc.pb.h"
 #include "clients/oip_client.h"
+#include "server/common/thread_pool.h"
 #include "grpcpp/grpcpp.h"
 #include "server/common/startup_env.h"
 #include "clients/tls_flags.h"
@@ -58,8 +61,12 @@ ABSL_FLAG(double, timeout, 30, "Deadline of each call, in seconds.");
 ABSL_FLAG(int, channels, 1, "gRPC channels (connections) the calls are spread over.");
 ABSL_FLAG(bool, json, false, "Print the report as JSON.");
 ABSL_FLAG(std::string, protocol, "vision",
-          "vision (care.vision.v1) | oip-grpc (the Open Inference Protocol's ModelInfer; needs --model), or both "
-          "separated by a comma: call n goes by protocol n mod their number.");
+          "vision (care.vision.v1) | oip-grpc | oip-http (the Open Inference Protocol's ModelInfer over gRPC on "
+          "--server or HTTP on --http_server; needs --model), or several separated by commas: call n goes by "
+          "protocol n mod their number.");
+ABSL_FLAG(std::string, http_server, "localhost:8000", "care-server's HTTP address (host:port) for oip-http.");
+ABSL_FLAG(int, http_connections, 64,
+          "oip-http: HTTP connections (each a client thread making one call at a time; a call waits for a free one).");
 ABSL_FLAG(std::string, trace, "",
           "Write every measured call to this file: start (ms since measuring began, the scheduled start in "
           "open loop), latency (ms) and status code, one call per line in start order.");
@@ -119,7 +126,7 @@ struct Requests {
   std::vector<inference::ModelInferRequest> oip;  // the task's request per image
 };
 
-enum class Protocol { kVision, kOipGrpc };
+enum class Protocol { kVision, kOipGrpc, kOipHttp };
 
 // The measured calls: when each started (ms after measuring began), its latency and status.
 class Recorder {
@@ -163,7 +170,12 @@ class Load {
       stubs_.push_back(v1::VisionService::NewStub(channel));
       oip_stubs_.push_back(inference::GRPCInferenceService::NewStub(channel));
     }
+    if (std::find(protocols_.begin(), protocols_.end(), Protocol::kOipHttp) != protocols_.end()) {
+      http_ = std::make_unique<careserve::ThreadPool>(std::max(1, absl::GetFlag(FLAGS_http_connections)), "care-bench-http");
+    }
   }
+  // Runs what is queued, then joins the HTTP threads.
+  ~Load() { http_.reset(); }
 
   // Starts one call; `done` runs when it ends.
   void Start(uint64_t n, Clock::time_point scheduled, std::function<void()> done) {
@@ -178,7 +190,18 @@ class Load {
       if (done) done();
     };
     in_flight_.fetch_add(1);
-    if (protocols_[n % protocols_.size()] == Protocol::kOipGrpc) {
+    const Protocol protocol = protocols_[n % protocols_.size()];
+    if (protocol == Protocol::kOipHttp) {
+      const auto* r = &requests_.oip[n % requests_.oip.size()];
+      http_->Schedule([call, r, finish = std::move(finish)]() mutable {
+        // One keep-alive connection per client thread.
+        thread_local std::unique_ptr<httplib::Client> client;
+        if (client == nullptr) {
+          client = careserve::MakeOipHttpClient(absl::GetFlag(FLAGS_http_server), careserve::HttpTlsFromFlags());
+        }
+        finish(careserve::OipHttpInfer(client.get(), *r, &call->oip, absl::GetFlag(FLAGS_timeout)));
+      });
+    } else if (protocol == Protocol::kOipGrpc) {
       const auto& r = requests_.oip[n % requests_.oip.size()];
       oip_stubs_[n % oip_stubs_.size()]->async()->ModelInfer(&call->context, &r, &call->oip, std::move(finish));
     } else if (task_ == "classify") {
@@ -203,6 +226,7 @@ class Load {
   Requests requests_;
   std::string task_;
   std::vector<Protocol> protocols_;
+  std::unique_ptr<careserve::ThreadPool> http_;  // oip-http's client threads
   Clock::time_point measure_from_;
   Recorder recorder_;
   std::atomic<int> in_flight_{0};
@@ -241,14 +265,17 @@ int main(int argc, char** argv) {
       protocols.push_back(Protocol::kVision);
     } else if (name == "oip-grpc") {
       protocols.push_back(Protocol::kOipGrpc);
+    } else if (name == "oip-http") {
+      protocols.push_back(Protocol::kOipHttp);
     } else {
-      std::fprintf(stderr, "error: --protocol takes vision and oip-grpc, got \"%s\"\n", name.c_str());
+      std::fprintf(stderr, "error: --protocol takes vision, oip-grpc and oip-http, got \"%s\"\n", name.c_str());
       return 64;
     }
   }
-  const bool oip = std::find(protocols.begin(), protocols.end(), Protocol::kOipGrpc) != protocols.end();
+  const bool oip = std::find_if(protocols.begin(), protocols.end(),
+                                 [](Protocol p) { return p != Protocol::kVision; }) != protocols.end();
   if (oip && absl::GetFlag(FLAGS_model).empty()) {
-    std::fprintf(stderr, "error: --protocol oip-grpc needs --model (the protocol has no default model)\n");
+    std::fprintf(stderr, "error: --protocol oip-grpc and oip-http need --model (the protocol has no default model)\n");
     return 64;
   }
 

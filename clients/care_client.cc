@@ -9,6 +9,8 @@
 // Prints readable text, or the response as JSON with --json. Exit status: 0 on success,
 // the gRPC status code (1-16) when the server answers an error, 64 for a usage error, 66
 // when the image file cannot be read; `health` exits 1 unless the answer is SERVING.
+#include <httplib.h>
+
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -55,8 +57,10 @@ ABSL_FLAG(std::string, service, "", "health: service name (empty: the whole serv
 ABSL_FLAG(bool, json, false, "Print the response as JSON.");
 ABSL_FLAG(double, timeout, 30, "Deadline of the call, in seconds.");
 ABSL_FLAG(std::string, protocol, "vision",
-          "vision (care.vision.v1) | oip-grpc (the Open Inference Protocol, KServe v2: ModelInfer; --model is "
-          "required; health asks ServerReady, or ModelReady with --model; metadata prints ModelMetadata).");
+          "vision (care.vision.v1) | oip-grpc | oip-http (the Open Inference Protocol, KServe v2, over gRPC on "
+          "--server or HTTP on --http_server: ModelInfer; --model is required; health asks server or model "
+          "readiness; metadata prints server or model metadata).");
+ABSL_FLAG(std::string, http_server, "localhost:8000", "care-server's HTTP address (host:port) for --protocol=oip-http.");
 
 namespace {
 
@@ -69,7 +73,8 @@ constexpr int kNoInput = 66;
 struct Stubs {
   std::unique_ptr<v1::VisionService::Stub> vision;
   std::unique_ptr<inference::GRPCInferenceService::Stub> oip;
-  bool use_oip = false;
+  std::unique_ptr<httplib::Client> http;  // --protocol=oip-http
+  bool use_oip = false;                   // oip-grpc or oip-http
 };
 
 // A vision call made over the Open Inference Protocol (clients/oip_client.h).
@@ -80,7 +85,10 @@ grpc::Status CallOip(Stubs* stubs, grpc::ClientContext* context, const Request& 
   inference::ModelInferRequest infer;
   if (grpc::Status s = to(request, &infer); !s.ok()) return s;
   inference::ModelInferResponse answer;
-  if (grpc::Status s = stubs->oip->ModelInfer(context, infer, &answer); !s.ok()) return s;
+  grpc::Status status = stubs->http != nullptr
+                            ? careserve::OipHttpInfer(stubs->http.get(), infer, &answer, absl::GetFlag(FLAGS_timeout))
+                            : stubs->oip->ModelInfer(context, infer, &answer);
+  if (!status.ok()) return status;
   return from(answer, response);
 }
 
@@ -285,7 +293,36 @@ int Segment(Stubs* stubs) {
 }
 
 // ServerReady, or ModelReady of --model: exit 0 when ready.
+// GET `path` on the HTTP API: prints the body (JSON); an exit status from the HTTP status.
+int HttpGetAndPrint(Stubs* stubs, const std::string& path, bool readiness) {
+  auto result = stubs->http->Get(path.c_str());
+  if (!result) {
+    std::fprintf(stderr, "error: UNAVAILABLE: HTTP request failed: %s\n", httplib::to_string(result.error()).c_str());
+    return static_cast<int>(grpc::StatusCode::UNAVAILABLE);
+  }
+  if (readiness && (result->status == 200 || result->status == 503)) {
+    std::printf("%s\n", result->status == 200 ? "READY" : "NOT_READY");
+    return result->status == 200 ? 0 : 1;
+  }
+  if (result->status != 200) {
+    std::fprintf(stderr, "error: HTTP %d: %s\n", result->status, result->body.c_str());
+    return 1;
+  }
+  std::printf("%s\n", result->body.c_str());
+  return 0;
+}
+
+std::string HttpModelPath() {
+  std::string path = "/v2/models/" + absl::GetFlag(FLAGS_model);
+  if (absl::GetFlag(FLAGS_model_version) != 0) path += "/versions/" + std::to_string(absl::GetFlag(FLAGS_model_version));
+  return path;
+}
+
 int OipHealth(Stubs* stubs) {
+  if (stubs->http != nullptr) {
+    return HttpGetAndPrint(stubs, absl::GetFlag(FLAGS_model).empty() ? "/v2/health/ready" : HttpModelPath() + "/ready",
+                           true);
+  }
   grpc::ClientContext context;
   SetDeadline(&context);
   bool ready = false;
@@ -309,6 +346,9 @@ int OipHealth(Stubs* stubs) {
 }
 
 int Metadata(Stubs* stubs) {
+  if (stubs->http != nullptr) {
+    return HttpGetAndPrint(stubs, absl::GetFlag(FLAGS_model).empty() ? "/v2" : HttpModelPath(), false);
+  }
   grpc::ClientContext context;
   SetDeadline(&context);
   const std::string model = absl::GetFlag(FLAGS_model);
@@ -370,11 +410,14 @@ int main(int argc, char** argv) {
   stubs.vision = v1::VisionService::NewStub(channel);
   stubs.oip = inference::GRPCInferenceService::NewStub(channel);
   const std::string protocol = absl::GetFlag(FLAGS_protocol);
-  if (protocol != "vision" && protocol != "oip-grpc") {
-    std::fprintf(stderr, "error: --protocol must be vision or oip-grpc, got \"%s\"\n", protocol.c_str());
+  if (protocol != "vision" && protocol != "oip-grpc" && protocol != "oip-http") {
+    std::fprintf(stderr, "error: --protocol must be vision, oip-grpc or oip-http, got \"%s\"\n", protocol.c_str());
     return kUsageError;
   }
-  stubs.use_oip = protocol == "oip-grpc";
+  stubs.use_oip = protocol != "vision";
+  if (protocol == "oip-http") {
+    stubs.http = careserve::MakeOipHttpClient(absl::GetFlag(FLAGS_http_server), careserve::HttpTlsFromFlags());
+  }
   if (command == "list") return List(&stubs);
   if (command == "classify") return Classify(&stubs);
   if (command == "detect") return Detect(&stubs);

@@ -1,5 +1,7 @@
 #include "clients/oip_client.h"
 
+#include <httplib.h>
+
 #include <cstring>
 #include <map>
 #include <vector>
@@ -7,6 +9,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "clients/tls_flags.h"
+#include "nlohmann/json.hpp"
 #include "opencv2/imgcodecs.hpp"
 #include "opencv2/imgproc.hpp"
 
@@ -214,6 +218,121 @@ grpc::Status VisionSegmentResponse(const ModelInferResponse& response, v1::Segme
     v1::ClassCoverage* coverage = out->add_classes();
     coverage->set_class_index(cls);
     coverage->set_fraction(static_cast<float>(-negative / static_cast<double>(mask.total())));
+  }
+  return grpc::Status::OK;
+}
+
+std::unique_ptr<httplib::Client> MakeOipHttpClient(const std::string& host_port, const HttpTls& tls) {
+  std::unique_ptr<httplib::Client> client;
+  const std::string url = (tls.tls ? "https://" : "http://") + host_port;
+  if (tls.tls && !tls.cert.empty()) {
+    client = std::make_unique<httplib::Client>(url, tls.cert, tls.key);
+  } else {
+    client = std::make_unique<httplib::Client>(url);
+  }
+  if (tls.tls && !tls.ca.empty()) client->set_ca_cert_path(tls.ca.c_str());
+  client->set_keep_alive(true);
+  return client;
+}
+
+namespace {
+
+using json = nlohmann::json;
+
+grpc::StatusCode CodeForHttp(int status) {
+  switch (status) {
+    case 400: return grpc::StatusCode::INVALID_ARGUMENT;
+    case 404: return grpc::StatusCode::NOT_FOUND;
+    case 413: case 429: return grpc::StatusCode::RESOURCE_EXHAUSTED;
+    case 499: return grpc::StatusCode::CANCELLED;
+    case 503: return grpc::StatusCode::UNAVAILABLE;
+    case 504: return grpc::StatusCode::DEADLINE_EXCEEDED;
+    default: return status >= 500 ? grpc::StatusCode::INTERNAL : grpc::StatusCode::UNKNOWN;
+  }
+}
+
+json ParameterJson(const inference::InferParameter& p) {
+  switch (p.parameter_choice_case()) {
+    case inference::InferParameter::kBoolParam: return p.bool_param();
+    case inference::InferParameter::kInt64Param: return p.int64_param();
+    case inference::InferParameter::kUint64Param: return p.uint64_param();
+    case inference::InferParameter::kDoubleParam: return p.double_param();
+    case inference::InferParameter::kStringParam: return p.string_param();
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+grpc::Status OipHttpInfer(httplib::Client* client, const ModelInferRequest& request, ModelInferResponse* response,
+                          double timeout_seconds) {
+  if (request.raw_input_contents_size() != request.inputs_size()) {
+    return Invalid("OipHttpInfer sends raw (binary) inputs only");
+  }
+  json header = {{"inputs", json::array()}, {"parameters", {{"binary_data_output", true}}}};
+  if (!request.id().empty()) header["id"] = request.id();
+  for (const auto& [key, value] : request.parameters()) header["parameters"][key] = ParameterJson(value);
+  std::string binary;
+  for (int i = 0; i < request.inputs_size(); ++i) {
+    const auto& input = request.inputs(i);
+    header["inputs"].push_back({{"name", input.name()},
+                                {"datatype", input.datatype()},
+                                {"shape", std::vector<int64_t>(input.shape().begin(), input.shape().end())},
+                                {"parameters", {{"binary_data_size", request.raw_input_contents(i).size()}}}});
+    binary += request.raw_input_contents(i);
+  }
+  if (request.outputs_size() > 0) {
+    header["outputs"] = json::array();
+    for (const auto& output : request.outputs()) {
+      json parameters = {{"binary_data", true}};
+      for (const auto& [key, value] : output.parameters()) parameters[key] = ParameterJson(value);
+      header["outputs"].push_back({{"name", output.name()}, {"parameters", parameters}});
+    }
+  }
+  std::string path = "/v2/models/" + request.model_name();
+  if (!request.model_version().empty()) path += "/versions/" + request.model_version();
+  path += "/infer";
+  const std::string text = header.dump();
+  httplib::Headers headers = {{"Inference-Header-Content-Length", std::to_string(text.size())}};
+  if (timeout_seconds > 0) {
+    headers.emplace("Inference-Timeout", std::to_string(timeout_seconds));
+    const auto seconds = static_cast<time_t>(timeout_seconds) + 1;
+    client->set_read_timeout(seconds, 0);
+    client->set_write_timeout(seconds, 0);
+  }
+  auto result = client->Post(path.c_str(), headers, text + binary, "application/octet-stream");
+  if (!result) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "HTTP request failed: " + httplib::to_string(result.error()));
+  }
+  std::string body_header = result->body;
+  size_t at = body_header.size();
+  if (result->has_header("Inference-Header-Content-Length")) {
+    at = std::stoul(result->get_header_value("Inference-Header-Content-Length"));
+    if (at > result->body.size()) return BadAnswer("Inference-Header-Content-Length past the body");
+    body_header = result->body.substr(0, at);
+  }
+  const json answer = json::parse(body_header, nullptr, false);
+  if (answer.is_discarded() || !answer.is_object()) return BadAnswer("the HTTP body is not JSON");
+  if (result->status != 200) {
+    return grpc::Status(CodeForHttp(result->status),
+                        answer.contains("error") && answer["error"].is_string() ? answer["error"].get<std::string>()
+                                                                                 : result->body);
+  }
+  response->set_model_name(answer.value("model_name", ""));
+  response->set_model_version(answer.value("model_version", ""));
+  response->set_id(answer.value("id", ""));
+  for (const json& output : answer.value("outputs", json::array())) {
+    auto* out = response->add_outputs();
+    out->set_name(output.value("name", ""));
+    out->set_datatype(output.value("datatype", ""));
+    for (const json& d : output.value("shape", json::array())) out->add_shape(d.get<int64_t>());
+    if (!output.contains("parameters") || !output["parameters"].contains("binary_data_size")) {
+      return BadAnswer("output " + out->name() + " did not come as binary data");
+    }
+    const size_t size = output["parameters"]["binary_data_size"].get<size_t>();
+    if (size > result->body.size() - at) return BadAnswer("binary_data_size past the body");
+    response->add_raw_output_contents(result->body.substr(at, size));
+    at += size;
   }
   return grpc::Status::OK;
 }

@@ -5,11 +5,16 @@
 // empty: detection and segmentation class labels (the class index is there).
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "care/vision/v1/vision.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "inference/grpc_service.grpc.pb.h"
+
+namespace httplib {
+class Client;
+}
 
 namespace careserve {
 
@@ -26,5 +31,17 @@ grpc::Status VisionClassifyResponse(const inference::ModelInferResponse& respons
 grpc::Status VisionDetectResponse(const inference::ModelInferResponse& response, care::vision::v1::DetectResponse* out);
 grpc::Status VisionSegmentResponse(const inference::ModelInferResponse& response,
                                    care::vision::v1::SegmentResponse* out);
+
+// An HTTP/REST client of the protocol for `host_port` ("host:port"): HTTPS with `tls`
+// (trusting `ca`, or the system's CAs; a client certificate with `cert` and `key`).
+struct HttpTls;
+std::unique_ptr<httplib::Client> MakeOipHttpClient(const std::string& host_port, const HttpTls& tls);
+
+// ModelInfer over HTTP/REST: `request` sent with the binary tensor data extension, every
+// output asked for as binary data, and the answer read back into `response` (raw
+// outputs). The server's HTTP errors come back as their gRPC codes with its message;
+// `timeout_seconds` goes in the Inference-Timeout header and bounds the wait.
+grpc::Status OipHttpInfer(httplib::Client* client, const inference::ModelInferRequest& request,
+                          inference::ModelInferResponse* response, double timeout_seconds);
 
 }  // namespace careserve

@@ -17,4 +17,11 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFrom
       {absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert), absl::GetFlag(FLAGS_tls_key), absl::GetFlag(FLAGS_tls)});
 }
 
+HttpTls HttpTlsFromFlags() {
+  HttpTls tls{absl::GetFlag(FLAGS_tls), absl::GetFlag(FLAGS_tls_ca), absl::GetFlag(FLAGS_tls_cert),
+              absl::GetFlag(FLAGS_tls_key)};
+  tls.tls = tls.tls || !tls.ca.empty() || !tls.cert.empty() || !tls.key.empty();
+  return tls;
+}
+
 }  // namespace careserve

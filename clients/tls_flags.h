@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/security/credentials.h"
@@ -11,5 +12,12 @@ namespace careserve {
 
 // Plaintext unless a --tls* flag is given; TLS, mutual with --tls_cert and --tls_key.
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentialsFromFlags();
+
+// The same flags for an HTTP client: HTTPS when `tls`.
+struct HttpTls {
+  bool tls = false;
+  std::string ca, cert, key;
+};
+HttpTls HttpTlsFromFlags();
 
 }  // namespace careserve

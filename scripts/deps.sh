@@ -9,6 +9,7 @@ BUILD_PKGS=(
   libtorch-dev python3-torch python3-torchvision libopenblas0-pthread libopenblas0-openmp libtcmalloc-minimal4
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libopencv-dev libjpeg62-turbo-dev prometheus-cpp-dev libabsl-dev
+  libcpp-httplib-dev libssl-dev libbrotli-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-pytest python3-numpy python3-grpcio python3-protobuf python3-skimage python3-pil
   python3-opencv python3-yaml python3-matplotlib

@@ -12,7 +12,7 @@ repo=${DEMO_REPOSITORY:-build/smoke_repository}
 export PYTHONPATH=$PWD/model
 bash scripts/default_repository.sh "$repo" >/dev/null
 log=$(mktemp)
-build/care-server --model_repository="$repo" --host=127.0.0.1 --port=0 --metrics_port=0 2>"$log" &
+build/care-server --model_repository="$repo" --host=127.0.0.1 --port=0 --metrics_port=0 --http_port=0 2>"$log" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do grep -q "msg=serving" "$log" && break; kill -0 $server || { cat "$log"; exit 1; }; sleep 1; done

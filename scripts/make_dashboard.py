@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.join(ROOT, "deploy", "grafana", "careserve.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'job="$job", model=~"$model"'
-# Request series also by the API they came by (vision, oip_grpc).
+# Request series also by the API they came by (vision, oip_grpc, oip_http).
 RSEL = SEL + ', api=~"$api"'
 JOB = 'job="$job"'
 RI = "$__rate_interval"
@@ -53,7 +53,7 @@ def dashboard():
         panel(5, "Request rate by API, method, model, code",
               [target(f"sum by (api, method, model, code) (rate(care_requests_total{{{RSEL}}}[{RI}]))",
                       "{{api}} {{method}} {{model}} {{code}}", "A")], 0, 4, unit="reqps",
-              description="api: vision (care.vision.v1) or oip_grpc (the Open Inference Protocol)."),
+              description="api: vision (care.vision.v1), oip_grpc or oip_http (the Open Inference Protocol)."),
         panel(6, "Error rate by API, method, model, code (non-OK)",
               [target(f'sum by (api, method, model, code) (rate(care_requests_total{{{RSEL}, code!="OK"}}[{RI}]))',
                       "{{api}} {{method}} {{model}} {{code}}", "A")], 12, 4, unit="reqps",

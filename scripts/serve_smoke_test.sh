@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 port=${SMOKE_PORT:-50151}
 metrics_port=${SMOKE_METRICS_PORT:-9191}
+http_port=${SMOKE_HTTP_PORT:-8191}
 log=$(mktemp)
 # Its own repository: never touches models/default (which may hold your checkpoints).
-make --no-print-directory serve PORT="$port" METRICS_PORT="$metrics_port" MODEL_REPOSITORY=build/smoke_repository >"$log" 2>&1 &
+make --no-print-directory serve PORT="$port" METRICS_PORT="$metrics_port" HTTP_PORT="$http_port" MODEL_REPOSITORY=build/smoke_repository >"$log" 2>&1 &
 make_pid=$!
 cleanup() {
   pkill -TERM -f "care-server --model_repository=.* --port=$port " 2>/dev/null || true

@@ -10,7 +10,7 @@ metrics_port=${SOAK_METRICS_PORT:-9161}
 repo=${SOAK_REPOSITORY:-build/smoke_repository}
 bash scripts/default_repository.sh "$repo" >/dev/null
 log=$(mktemp)
-build/care-server --model_repository="$repo" --host=127.0.0.1 --port="$port" --metrics_port="$metrics_port" 2>"$log" &
+build/care-server --model_repository="$repo" --host=127.0.0.1 --port="$port" --metrics_port="$metrics_port" --http_port=0 2>"$log" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do grep -q "msg=serving" "$log" && break; sleep 1; done

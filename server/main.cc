@@ -22,6 +22,7 @@
 #include "grpcpp/server_builder.h"
 #include "opencv2/core.hpp"
 #include "server/api/open_streams.h"
+#include "server/api/http_service.h"
 #include "server/api/oip_service.h"
 #include "server/api/vision_service.h"
 #include "server/common/cpus.h"
@@ -40,6 +41,11 @@
 ABSL_FLAG(std::string, model_repository, "", "Model repository directory (one folder per model; see docs/service.md).");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on for gRPC and metrics.");
 ABSL_FLAG(int, port, 50051, "gRPC port (0: any free port, logged at startup).");
+ABSL_FLAG(int, http_port, 8000,
+          "Open Inference Protocol (KServe v2) HTTP/REST port (0: any free port, logged at startup; -1: no HTTP).");
+ABSL_FLAG(int, http_threads, 32,
+          "HTTP handler threads: each serves one connection at a time (and waits for its request's answer); "
+          "further connections wait for one.");
 ABSL_FLAG(int, metrics_port, 9091, "Prometheus /metrics port (0: any free port; -1: no metrics endpoint).");
 ABSL_FLAG(int, engine_runners, 0,
           "Batches computed at the same time, across all models: the shared scheduler's engine threads, on which "
@@ -196,6 +202,24 @@ int Run() {
     Log(LogLevel::kError, "cannot listen for gRPC", {{"port", std::to_string(absl::GetFlag(FLAGS_port))}});
     return 1;
   }
+  std::unique_ptr<HttpService> http;
+  if (absl::GetFlag(FLAGS_http_port) >= 0) {
+    HttpOptions http_options;
+    http_options.host = absl::GetFlag(FLAGS_host);
+    http_options.port = absl::GetFlag(FLAGS_http_port);
+    http_options.threads = absl::GetFlag(FLAGS_http_threads);
+    http_options.max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+    http_options.tls_cert = tls.cert;
+    http_options.tls_key = tls.key;
+    http_options.tls_client_ca = tls.client_ca;
+    absl::StatusOr<std::unique_ptr<HttpService>> started = HttpService::Start(&frontend, http_options);
+    if (!started.ok()) {
+      Log(LogLevel::kError, "cannot serve HTTP", {{"error", std::string(started.status().message())}});
+      server->Shutdown();
+      return 1;
+    }
+    http = std::move(*started);
+  }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   // NOT_SERVING until every model is loaded and warm, for the server ("") and the service.
   health->SetServingStatus(care::vision::v1::VisionService::service_full_name(), false);
@@ -208,6 +232,7 @@ int Run() {
   Log(LogLevel::kInfo, "listening",
       {{"grpc_port", std::to_string(grpc_port)},
        {"metrics_port", std::to_string(metrics_port)},
+       {"http_port", std::to_string(http != nullptr ? http->port() : -1)},
        {"tls", ServerTlsMode(tls)},
        {"cpus", std::to_string(cpus.count)},
        {"cpus_from", cpus.source},
@@ -282,6 +307,9 @@ int Run() {
   }
   server->Shutdown(absl::ToChronoTime(drain_deadline));  // cancels what is left once it has passed
   (*repository)->Stop();
+  // After the repository ran what was queued: the HTTP handlers still waiting have their
+  // answers, and stopping waits for them to be sent.
+  if (http != nullptr) http->Stop();
   server->Wait();
   Log(LogLevel::kInfo, "stopped");
   return 0;

@@ -45,6 +45,8 @@ class PendingCall {
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
   const std::atomic<bool>* cancelled_flag() const { return &cancelled_; }
   absl::Time deadline() const { return deadline_; }
+  // For an API that learns the deadline from the request itself; before Infer.
+  void set_deadline(absl::Time deadline) { deadline_ = deadline; }
   absl::Time start() const { return start_; }
 
  protected:
@@ -57,7 +59,7 @@ class PendingCall {
   const char* const api_;
   const char* const method_;
   const absl::Time start_;
-  const absl::Time deadline_;
+  absl::Time deadline_;
   std::string model_label_;
   prometheus::Gauge* inflight_ = nullptr;
   std::atomic<bool> cancelled_{false};

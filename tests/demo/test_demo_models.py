@@ -39,7 +39,7 @@ def server(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("demo") / "server.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen([os.path.join(BUILD, "care-server"), f"--model_repository={REPOSITORY}",
-                                    "--host=127.0.0.1", "--port=0", "--metrics_port=0"], stderr=log)
+                                    "--host=127.0.0.1", "--port=0", "--metrics_port=0", "--http_port=0"], stderr=log)
     try:
         deadline = time.time() + 300
         while True:

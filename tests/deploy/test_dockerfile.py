@@ -81,7 +81,9 @@ def test_runtime_stage_settings():
     text = "\n".join(lines)
     user = [l.split()[1] for l in lines if l.startswith("USER ")]
     assert user and user[-1] not in ("root", "0")
-    assert re.search(r"^EXPOSE 50051 9091$", text, re.M)
+    assert re.search(r"^EXPOSE 50051 9091 8000$", text, re.M)
+    # The exposed ports are the ones the entrypoint serves on.
+    assert '"--port=50051", "--metrics_port=9091", "--http_port=8000"' in text
     assert re.search(r'HEALTHCHECK .*CMD \["care-client", "health"', text)
     assert 'VOLUME ["/models"]' in text
     assert "--model_repository=/models" in text

@@ -53,15 +53,15 @@ def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("observability")
     server_log = open(tmp / "server.log", "w+")
     server = subprocess.Popen([os.path.join(BUILD, "care-server"), f"--model_repository={REPOSITORY}",
-                               "--host=127.0.0.1", "--port=0", "--metrics_port=0"], stderr=server_log)
+                               "--host=127.0.0.1", "--port=0", "--metrics_port=0", "--http_port=0"], stderr=server_log)
     processes = [server]
     try:
         def serving():
             text = (tmp / "server.log").read_text()
             assert server.poll() is None, text
-            return "msg=serving" in text and re.search(r"grpc_port=(\d+) metrics_port=(\d+)", text)
+            return "msg=serving" in text and re.search(r"grpc_port=(\d+) metrics_port=(\d+) http_port=(\d+)", text)
         ports = wait_for(serving, 180, "care-server to serve")
-        grpc_port, metrics_port = int(ports.group(1)), int(ports.group(2))
+        grpc_port, metrics_port, http_port = int(ports.group(1)), int(ports.group(2)), int(ports.group(3))
 
         # The project's Prometheus configuration, pointed at this server, scraping every second.
         with open(os.path.join(ROOT, "deploy", "prometheus", "prometheus.yml")) as f:
@@ -85,7 +85,7 @@ def stack(tmp_path_factory):
             except OSError:
                 return False
         wait_for(ready, 60, "Prometheus to be ready")
-        yield {"grpc": f"127.0.0.1:{grpc_port}", "prometheus": url}
+        yield {"grpc": f"127.0.0.1:{grpc_port}", "http": f"127.0.0.1:{http_port}", "prometheus": url}
     finally:
         for process in processes:
             process.terminate()
@@ -103,6 +103,8 @@ def traffic(stack):
         ["segment", "--model=care_s0_seg", f"--image={SAMPLE}"],
         ["classify", "--model=care_s0_cls", "--image=/etc/hostname"],  # INVALID_ARGUMENT
         ["classify", "--model=care_s0_cls", f"--image={SAMPLE}", "--protocol=oip-grpc"],
+        ["classify", "--model=care_s0_cls", f"--image={SAMPLE}", "--protocol=oip-http",
+         f"--http_server={stack['http']}"],
     ]
     stop = threading.Event()
 
@@ -189,7 +191,7 @@ def test_requests_split_by_api(stack, traffic):
     def apis():
         result = query(stack, 'sum by (api) (care_requests_total{job="careserve",method=~"Classify|ModelInfer"})')
         return {r["metric"]["api"] for r in result["data"]["result"]}
-    wait_for(lambda: {"vision", "oip_grpc"} <= apis(), 120, "requests of both APIs to be scraped")
+    wait_for(lambda: {"vision", "oip_grpc", "oip_http"} <= apis(), 120, "requests of every API to be scraped")
 
 
 def test_alert_rules_are_loaded_and_evaluate(stack, traffic):

@@ -9,7 +9,7 @@ set -euo pipefail
 tsan_dir=$1 build_dir=$2
 repo=$tsan_dir/test_repository
 log=$tsan_dir/tsan_server.log
-"$tsan_dir/care-server" --model_repository="$repo" --host=127.0.0.1 --port=0 --metrics_port=0 --engine_runners=2 \
+"$tsan_dir/care-server" --model_repository="$repo" --host=127.0.0.1 --port=0 --metrics_port=0 --http_port=0 --engine_runners=2 \
   --intra_op_threads=1 --drain_timeout=120s 2>"$log" &
 server=$!
 trap 'kill -9 $server 2>/dev/null || true' EXIT

@@ -574,7 +574,7 @@ TEST_F(ServerTest, ReflectionDescribesTheApi) {
 TEST(Strict, AModelThatFailsToLoadStopsTheServerAtStart) {
   int status = 0;
   const std::string out = RunCommand(Env("CARE_SERVER") + " --model_repository=" + Env("CARE_TEST_REPOSITORY") +
-                                         " --strict --host=127.0.0.1 --port=0 --metrics_port=-1 2>&1",
+                                         " --strict --host=127.0.0.1 --port=0 --metrics_port=-1 --http_port=-1 2>&1",
                                      &status);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << out;
   EXPECT_NE(out.find("--strict: model broken_model: "), std::string::npos) << out;

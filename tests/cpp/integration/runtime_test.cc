@@ -153,7 +153,7 @@ TEST(LoneBatchSpin, TheCoresStayAwakeOnlyUntilTheNextRequestOrTheLimit) {
 TEST(LoneBatchSpin, AnOutOfRangeLimitStopsTheServerWithTheReason) {
   int status = 0;
   const std::string out = RunCommand(Env("CARE_SERVER") + " --model_repository=" + Env("CARE_TEST_REPOSITORY") +
-                                         " --lone_batch_spin_us=-1 --port=0 --metrics_port=-1 2>&1",
+                                         " --lone_batch_spin_us=-1 --port=0 --metrics_port=-1 --http_port=-1 2>&1",
                                      &status);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << out;
   EXPECT_NE(out.find("--lone_batch_spin_us must be between 0 and 1000000"), std::string::npos) << out;

@@ -110,7 +110,7 @@ class Server {
     const int log_fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     ASSERT_GE(log_fd, 0) << log_path_;
     std::vector<std::string> args = {binary, "--model_repository=" + repository, "--host=127.0.0.1", "--port=0",
-                                     "--metrics_port=0", "--engine_runners=2", "--intra_op_threads=1",
+                                     "--metrics_port=0", "--http_port=0", "--engine_runners=2", "--intra_op_threads=1",
                                      // Every lone batch on every core, whatever the warm-up measured.
                                      "--lone_batch_threads=" + std::to_string(std::max(1u, std::thread::hardware_concurrency())),
                                      "--drain_timeout=5s"};
@@ -130,10 +130,11 @@ class Server {
     std::smatch match;
     while (std::chrono::steady_clock::now() < give_up) {
       const std::string log = ReadFile(log_path_);
-      static const std::regex listening("msg=listening grpc_port=(\\d+) metrics_port=(\\d+)");
+      static const std::regex listening("msg=listening grpc_port=(\\d+) metrics_port=(\\d+) http_port=(-?\\d+)");
       if (grpc_port_ == 0 && std::regex_search(log, match, listening)) {
         grpc_port_ = std::stoi(match[1]);
         metrics_port_ = std::stoi(match[2]);
+        http_port_ = std::stoi(match[3]);
       }
       if (log.find("msg=serving") != std::string::npos) break;
       int status;
@@ -180,6 +181,7 @@ class Server {
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }
   int metrics_port() const { return metrics_port_; }
   int grpc_port() const { return grpc_port_; }
+  int http_port() const { return http_port_; }
   std::string log() const { return ReadFile(log_path_); }
 
  private:
@@ -187,6 +189,7 @@ class Server {
   std::string log_path_;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
+  int http_port_ = 0;
   std::shared_ptr<grpc::Channel> channel_;
 };
 

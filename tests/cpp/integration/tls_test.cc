@@ -84,6 +84,15 @@ TEST(Tls, TheServerSpeaksTlsWithItsCertificateAndRefusesPlaintext) {
                                      &status);
   EXPECT_EQ(status, 0) << out;
   EXPECT_NE(out.find("care_s0_cls"), std::string::npos) << out;
+  // The HTTP API (Open Inference Protocol) takes the same certificate: HTTPS only.
+  const std::string url = "localhost:" + std::to_string(server.http_port()) + "/v2/health/ready";
+  const std::string https = RunCommand("curl -sS --cacert " + c.Path("ca.pem") + " https://" + url + " 2>&1", &status);
+  EXPECT_EQ(status, 0) << https;
+  EXPECT_EQ(https, R"({"ready":true})");
+  RunCommand("curl -sS --max-time 5 http://" + url + " 2>&1", &status);
+  EXPECT_NE(status, 0) << "plain HTTP answered on the TLS port";
+  RunCommand("curl -sS --cacert " + c.Path("other_ca.pem") + " https://" + url + " 2>&1", &status);
+  EXPECT_NE(status, 0) << "a client that does not trust the server's CA connected over HTTPS";
   server.Signal(SIGTERM);
   EXPECT_EQ(server.WaitExit(std::chrono::seconds(20)), 0);
 }
@@ -112,12 +121,25 @@ TEST(Tls, MutualTlsAdmitsOnlyClientsWithACertificateFromTheClientCa) {
   EXPECT_EQ(status, 0) << out;
   EXPECT_NE(out.find("\"ok\": "), std::string::npos) << out;
   EXPECT_EQ(out.find("\"errors\": {\""), std::string::npos) << out;
+  // HTTPS with client certificates as well.
+  const std::string url = "https://localhost:" + std::to_string(server.http_port()) + "/v2/health/ready";
+  const std::string with = RunCommand("curl -sS --cacert " + c.Path("ca.pem") + " --cert " + c.Path("client.pem") +
+                                          " --key " + c.Path("client.key") + " " + url + " 2>&1",
+                                      &status);
+  EXPECT_EQ(status, 0) << with;
+  EXPECT_EQ(with, R"({"ready":true})");
+  RunCommand("curl -sS --cacert " + c.Path("ca.pem") + " " + url + " 2>&1", &status);
+  EXPECT_NE(status, 0) << "an HTTPS client without a certificate got in";
+  RunCommand("curl -sS --cacert " + c.Path("ca.pem") + " --cert " + c.Path("stranger.pem") + " --key " +
+                 c.Path("stranger.key") + " " + url + " 2>&1",
+             &status);
+  EXPECT_NE(status, 0) << "an HTTPS client certificate from another CA got in";
 }
 
 TEST(Tls, IncompleteTlsFlagsStopTheServerWithTheReason) {
   int status = 0;
   const std::string out = RunCommand(Env("CARE_SERVER") + " --model_repository=" + Env("CARE_TEST_REPOSITORY") +
-                                         " --tls_cert=/nonexistent.pem --port=0 --metrics_port=-1 2>&1",
+                                         " --tls_cert=/nonexistent.pem --port=0 --metrics_port=-1 --http_port=-1 2>&1",
                                      &status);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << out;
   EXPECT_NE(out.find("TLS needs both --tls_cert and --tls_key"), std::string::npos) << out;
