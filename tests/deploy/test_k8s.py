@@ -13,6 +13,8 @@ from conftest import BUILD, ROOT
 
 K8S = os.path.join(ROOT, "deploy", "k8s")
 OVERLAYS = sorted(os.path.basename(d) for d in glob.glob(os.path.join(K8S, "overlays", "*")))
+# Overlays of the base Deployment (kserve instead hands KServe a runtime: its own test).
+DEPLOYMENT_OVERLAYS = [o for o in OVERLAYS if o != "kserve"]
 
 
 def render(path):
@@ -41,10 +43,10 @@ def flags(objects):
 
 
 def test_overlays_exist():
-    assert {"dev", "production", "prometheus-operator"} <= set(OVERLAYS)
+    assert {"dev", "production", "prometheus-operator", "kserve"} <= set(OVERLAYS)
 
 
-@pytest.mark.parametrize("target", ["base"] + [f"overlays/{o}" for o in OVERLAYS])
+@pytest.mark.parametrize("target", ["base"] + [f"overlays/{o}" for o in DEPLOYMENT_OVERLAYS])
 def test_rendered_objects(target):
     objects = render(os.path.join(K8S, target))
     deployment = one(objects, "Deployment")
@@ -56,6 +58,7 @@ def test_rendered_objects(target):
     server_flags = flags(objects)
     assert ports["grpc"] == int(server_flags["port"])
     assert ports["metrics"] == int(server_flags["metrics_port"])
+    assert ports["http"] == int(server_flags["http_port"])
 
     # Native gRPC probes on the gRPC port: liveness on the always-SERVING "liveness"
     # service, readiness on "" (NOT_SERVING until warm and while draining), and a startup
@@ -160,7 +163,42 @@ def test_configmap_flags_are_care_server_flags():
     at the (absent) model repository."""
     flagfile = os.path.join(K8S, "base", "server.flags")
     run = subprocess.run([os.path.join(BUILD, "care-server"), f"--flagfile={flagfile}",
-                          "--model_repository=/nonexistent/repository", "--port=0", "--metrics_port=-1"],
+                          "--model_repository=/nonexistent/repository", "--port=0", "--metrics_port=-1", "--http_port=-1"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     assert "is not a directory" in run.stderr, run.stderr
+
+
+def test_kserve_runtime_and_inference_service():
+    objects = render(os.path.join(K8S, "overlays", "kserve"))
+    runtime = one(objects, "ServingRuntime")
+    service = one(objects, "InferenceService")
+    assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1"
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    spec = runtime["spec"]
+    assert {"name": "careserve", "version": "1", "autoSelect": True} in spec["supportedModelFormats"]
+    assert {"v2", "grpc-v2"} <= set(spec["protocolVersions"])
+    container = spec["containers"][0]
+    assert container["name"] == "kserve-container"
+    args = dict(re.match(r"--([a-z_]+)=(.*)", a).groups() for a in container["args"])
+    assert args["model_repository"] == "/mnt/models"  # where KServe's storage initializer puts the model
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http1": int(args["http_port"]), "h2c": int(args["port"])}
+    assert spec["annotations"]["prometheus.kserve.io/port"] == args["metrics_port"]
+    for probe, path in [("startupProbe", "/v2/health/live"), ("livenessProbe", "/v2/health/live"),
+                        ("readinessProbe", "/v2/health/ready")]:
+        assert container[probe]["httpGet"] == {"path": path, "port": ports["http1"]}, probe
+    assert container["resources"]["limits"]["cpu"] == container["resources"]["requests"]["cpu"]
+    assert container["securityContext"]["runAsNonRoot"] is True
+    model = service["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "careserve" and model["runtime"] == runtime["metadata"]["name"]
+    assert model["protocolVersion"] == "v2"
+    # The drain fits the grace period.
+    drain = int(args["drain_timeout"].rstrip("s"))
+    assert drain < service["spec"]["predictor"]["terminationGracePeriodSeconds"]
+    # care-server takes the runtime's flags: it gets past flag parsing and stops at the
+    # (absent) model repository.
+    run = subprocess.run([os.path.join(BUILD, "care-server"), *container["args"], "--model_repository=/nonexistent",
+                          "--port=0", "--metrics_port=-1", "--http_port=-1"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "is not a directory" in run.stderr, run.stderr
