@@ -224,9 +224,9 @@ class Server:
             text = open(self.log_path).read()
             if self.process.poll() is not None:
                 raise RuntimeError("care-server exited:\n" + text)
-            m = re.search(r"grpc_port=(\d+) metrics_port=(\d+)", text)
+            m = re.search(r"grpc_port=(\d+) metrics_port=(\d+) http_port=(\d+)", text)
             if m and "msg=serving" in text:
-                self.port, self.metrics_port = int(m.group(1)), int(m.group(2))
+                self.port, self.metrics_port, self.http_port = int(m.group(1)), int(m.group(2)), int(m.group(3))
                 return
             time.sleep(0.2)
         raise RuntimeError("care-server did not start")
@@ -271,17 +271,56 @@ def load(settings, port, task, model, concurrency, size):
     return median_row(runs, lambda r: r["throughput_rps"])
 
 
-def load_once(settings, port, task, model, concurrency, size, duration=None, warmup=None):
+def load_once(settings, port, task, model, concurrency, size, duration=None, warmup=None, protocol=None,
+              http_port=None):
     cmd = [os.path.join(BUILD, "care-bench"), f"--server=127.0.0.1:{port}", f"--task={task}",
            f"--concurrency={concurrency}", f"--duration={duration or settings.duration}",
            f"--warmup={warmup or settings.warmup}",
            f"--generate={size}", "--json"] + ([f"--model={model}"] if model else [])
+    if protocol:
+        cmd += [f"--protocol={protocol}"] + ([f"--http_server=127.0.0.1:{http_port}"] if http_port else [])
     result = json_lines(run(cmd, timeout=600))[0]
     result["command"] = " ".join(["care-bench"] + cmd[1:])
     return result
 
 
 STAGES = ("preprocess", "queue", "inference", "postprocess", "request")
+
+# The APIs compared by protocol_overhead: care.vision.v1 and the Open Inference Protocol.
+PROTOCOLS = ["vision", "oip-grpc", "oip-http"]
+PROTOCOL_CONCURRENCY = [1, 16]
+
+
+def protocol_overhead(settings, server):
+    """The same Classify load (CARE-S0, 224x224 JPEG) over each protocol, at concurrency 1 and 16,
+    interleaved protocol by protocol in each of `repeats` rounds; medians."""
+    runs = {(p, c): [] for p in PROTOCOLS for c in PROTOCOL_CONCURRENCY}
+    for _ in range(settings.repeats):
+        for c in PROTOCOL_CONCURRENCY:
+            for p in PROTOCOLS:
+                runs[(p, c)].append(load_once(settings, server.port, "classify", CLASSIFIER, c, "224x224", protocol=p,
+                                              http_port=server.http_port))
+    return {key: median_row(r, lambda row: row["throughput_rps"]) for key, r in runs.items()}
+
+
+def table_protocols(rows):
+    out = ["| protocol | concurrency | req/s | vs vision | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|"]
+    for c in PROTOCOL_CONCURRENCY:
+        base = rows[("vision", c)]["throughput_rps"]
+        for p in PROTOCOLS:
+            r = rows[(p, c)]
+            out.append(f"| {p} | {c} | {r['throughput_rps']:.1f} | {r['throughput_rps'] / base:.3f}x | "
+                       f"{r['latency_ms']['p50']:.1f} | {r['latency_ms']['p99']:.1f} | {sum(r['errors'].values())} |")
+    return out
+
+
+def protocol_targets(rows):
+    out = []
+    for c in PROTOCOL_CONCURRENCY:
+        ratio = rows[("oip-grpc", c)]["throughput_rps"] / rows[("vision", c)]["throughput_rps"]
+        out.append(f"| Open Inference Protocol over gRPC, concurrency {c}: throughput within 5% of care.vision.v1 | "
+                   f"{ratio:.3f}x | {'met' if ratio >= 0.95 else 'NOT met'} |")
+    return out
 
 
 # Offered loads of the open-loop sweep, as shares of the closed-loop capacity.
@@ -748,6 +787,8 @@ def main():
                                              best_row["batch"])
         log("ONNX Runtime and care-server, back to back")
         ort_pairs = paired_ort(settings, server, ort_info, ort_rows)
+        log("protocols: care.vision.v1, Open Inference Protocol over gRPC and HTTP")
+        protocol_rows = protocol_overhead(settings, server)
     finally:
         server.stop()
     log("care-server --engine_runners=1")
@@ -798,6 +839,7 @@ def main():
                  saturation_pairs),
         *open_loop_targets(sweep),
         *ort_targets(ort_runs_ratio, ort_pairs),
+        *protocol_targets(protocol_rows),
         "",
         "## Open loop: Poisson arrivals",
         "",
@@ -894,6 +936,19 @@ def main():
     for (task, size), rows in results.items():
         report += [f"### {task}, {size} JPEG", "", f"Command: `{rows[-1]['command']}` (and the other concurrencies)",
                    "", *table_load(rows), ""]
+    report += [
+        "### By protocol: care.vision.v1 and the Open Inference Protocol",
+        "",
+        "The same Classify load (CARE-S0, 224x224 JPEG) as care.vision.v1 `Classify`, as Open Inference Protocol "
+        "`ModelInfer` over gRPC (BYTES input in raw form, the classification extension for the top 5) and over "
+        "HTTP/REST (the binary tensor data extension both ways; care-bench's HTTP client threads, one keep-alive "
+        "connection each), against the same running server; the three protocols interleaved at each "
+        f"concurrency in each of {settings.repeats} rounds, median shown. Command: "
+        f"`{protocol_rows[('oip-http', 16)]['command']}` (and the other protocols and concurrency).",
+        "",
+        *table_protocols(protocol_rows),
+        "",
+    ]
     report += [
         "### Concurrency 1 against the engine's batch 1, in pairs",
         "",

@@ -66,7 +66,8 @@ ABSL_FLAG(std::string, protocol, "vision",
           "protocol n mod their number.");
 ABSL_FLAG(std::string, http_server, "localhost:8000", "care-server's HTTP address (host:port) for oip-http.");
 ABSL_FLAG(int, http_connections, 64,
-          "oip-http: HTTP connections (each a client thread making one call at a time; a call waits for a free one).");
+          "oip-http: most HTTP connections (each a client thread making one call at a time; a call waits for a free "
+          "one); in closed loop no more than --concurrency.");
 ABSL_FLAG(std::string, trace, "",
           "Write every measured call to this file: start (ms since measuring began, the scheduled start in "
           "open loop), latency (ms) and status code, one call per line in start order.");
@@ -171,7 +172,10 @@ class Load {
       oip_stubs_.push_back(inference::GRPCInferenceService::NewStub(channel));
     }
     if (std::find(protocols_.begin(), protocols_.end(), Protocol::kOipHttp) != protocols_.end()) {
-      http_ = std::make_unique<careserve::ThreadPool>(std::max(1, absl::GetFlag(FLAGS_http_connections)), "care-bench-http");
+      // Closed loop: one connection per stream, as N clients would have.
+      int connections = std::max(1, absl::GetFlag(FLAGS_http_connections));
+      if (absl::GetFlag(FLAGS_rate) <= 0) connections = std::min(connections, std::max(1, absl::GetFlag(FLAGS_concurrency)));
+      http_ = std::make_unique<careserve::ThreadPool>(connections, "care-bench-http");
     }
   }
   // Runs what is queued, then joins the HTTP threads.

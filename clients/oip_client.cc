@@ -232,6 +232,7 @@ std::unique_ptr<httplib::Client> MakeOipHttpClient(const std::string& host_port,
   }
   if (tls.tls && !tls.ca.empty()) client->set_ca_cert_path(tls.ca.c_str());
   client->set_keep_alive(true);
+  client->set_tcp_nodelay(true);  // headers and body are separate writes (Nagle would delay the body)
   return client;
 }
 

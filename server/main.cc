@@ -43,9 +43,9 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on for gRPC and metri
 ABSL_FLAG(int, port, 50051, "gRPC port (0: any free port, logged at startup).");
 ABSL_FLAG(int, http_port, 8000,
           "Open Inference Protocol (KServe v2) HTTP/REST port (0: any free port, logged at startup; -1: no HTTP).");
-ABSL_FLAG(int, http_threads, 32,
-          "HTTP handler threads: each serves one connection at a time (and waits for its request's answer); "
-          "further connections wait for one.");
+ABSL_FLAG(int, http_threads, 128,
+          "HTTP handler threads: each serves one connection at a time (waiting for its request's answer, and for "
+          "the next request of a keep-alive connection for up to 5 s); further connections wait for one.");
 ABSL_FLAG(int, metrics_port, 9091, "Prometheus /metrics port (0: any free port; -1: no metrics endpoint).");
 ABSL_FLAG(int, engine_runners, 0,
           "Batches computed at the same time, across all models: the shared scheduler's engine threads, on which "

@@ -3,8 +3,9 @@
 // (Debian's libcpp-httplib) on a pool of handler threads. Each route is translated onto
 // the same operations as the gRPC service (server/api/oip_service.h): an infer request
 // becomes a ModelInferRequest and joins the model's batch queue like any other. A handler
-// thread waits for its request's answer; a keep-alive connection holds one between
-// requests, so --http_threads bounds the connections served at once (the rest wait).
+// thread waits for its request's answer, and a keep-alive connection holds one between
+// requests (until it idles for 5 s), so --http_threads bounds the connections served at
+// once: a connection beyond them waits until one closes or idles out.
 #pragma once
 
 #include <memory>
@@ -23,7 +24,7 @@ namespace careserve {
 struct HttpOptions {
   std::string host = "0.0.0.0";
   int port = 8000;  // 0: any free port
-  int threads = 32;
+  int threads = 128;
   // Largest request body (the JSON header and the binary data together).
   int64_t max_body_bytes = 32 << 20;
   // TLS: both set -> HTTPS; with client_ca, client certificates are required and verified.
