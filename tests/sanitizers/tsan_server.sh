@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make test-tsan, the server part: the TSan-built care-server on the integration tests'
 # repository under concurrent load from the regular build's care-bench (an uninstrumented
-# client: only the server is under test): Classify, Detect and Segment at once, an
+# client: only the server is under test): Classify, Detect and Segment at once (also over
+# the Open Inference Protocol, gRPC and HTTP, in the same batches), an
 # overloaded queue (RESOURCE_EXHAUSTED), calls whose deadline expires (DEADLINE_EXCEEDED,
 # cancellations), then a drain (SIGTERM) while a load runs, which must exit 0.
 #   tests/sanitizers/tsan_server.sh TSAN_BUILD_DIR REGULAR_BUILD_DIR
@@ -19,6 +20,7 @@ for _ in $(seq 1 600); do
   sleep 1
 done
 port=$(grep -o 'msg=listening grpc_port=[0-9]*' "$log" | grep -o '[0-9]*$')
+http_port=$(grep -o 'msg=listening .* http_port=[0-9]*' "$log" | grep -o '[0-9]*$')
 out=$(mktemp -d)
 bench() {  # name args...
   local name=$1
@@ -29,6 +31,8 @@ pids=()
 bench classify --task=classify --model=care_s0_cls --concurrency=16 --duration=20 --generate=64x64 & pids+=($!)
 bench detect --task=detect --model=care_s0_det --concurrency=4 --duration=20 --generate=160x120 & pids+=($!)
 bench segment --task=segment --model=care_s0_seg --concurrency=4 --duration=20 --generate=160x120 & pids+=($!)
+bench oip --task=detect --model=care_s0_det --protocol=vision,oip-grpc,oip-http --http_server="127.0.0.1:$http_port" \
+  --concurrency=6 --duration=20 --generate=160x120 & pids+=($!)
 bench overload --task=classify --model=care_s0_queue1 --rate=300 --duration=20 --generate=64x64 & pids+=($!)
 bench deadlines --task=classify --model=care_s0_cls --concurrency=8 --duration=20 --timeout=0.02 --generate=64x64 &
 pids+=($!)
@@ -36,13 +40,13 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 /usr/bin/python3 - "$out" <<'PY'
 import json, sys
 reports = {}
-for name in ("classify", "detect", "segment", "overload", "deadlines"):
+for name in ("classify", "detect", "segment", "oip", "overload", "deadlines"):
     with open(f"{sys.argv[1]}/{name}.json") as f:
         reports[name] = json.load(f)
     r = reports[name]
     print(f"tsan_server: {name}: ok {r['ok']}, errors {r['errors']}")
 # (the deadline load floods care_s0_cls's queue too: a full queue is a right answer)
-for name in ("classify", "detect", "segment"):
+for name in ("classify", "detect", "segment", "oip"):
     assert reports[name]["ok"] > 0 and set(reports[name]["errors"]) <= {"RESOURCE_EXHAUSTED"}, (name, reports[name])
 assert "RESOURCE_EXHAUSTED" in reports["overload"]["errors"], reports["overload"]
 PY
