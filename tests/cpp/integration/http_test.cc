@@ -490,6 +490,45 @@ TEST_F(HttpTest, MixedLoadOfAllThreeProtocolsSharesBatchesAndTheClientsAgree) {
   const double batches = delta(R"(care_batch_size_count{model="care_s0_cls"})");
   EXPECT_GT(images / batches, 1.5) << "24 calls in flight over three protocols share batches";
 
+  // And each answer is its own image's: HTTP calls of four images from eight threads while
+  // a burst of Classify calls with four others runs, all in the same batch queue.
+  const std::vector<cv::Mat> crops = Crops(8);
+  std::vector<std::string> pngs;
+  std::vector<std::vector<float>> expected;
+  for (const cv::Mat& crop : crops) {
+    pngs.push_back(Png(crop));
+    expected.push_back(VisionProbabilities(Encoded(pngs.back())));
+  }
+  std::vector<v1::Image> vision_images;
+  for (int i = 4; i < 8; ++i) vision_images.push_back(Encoded(pngs[i]));
+  Burst burst(stub_.get(), 32, "care_s0_cls", vision_images);
+  std::vector<std::vector<float>> got(24);
+  std::vector<int> got_status(24, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < 3; ++k) {
+        const int call = t * 3 + k, image = call % 4;
+        Answer a = Post("/v2/models/care_s0_cls/infer", ImagesHeader({pngs[image]}), LengthPrefixed({pngs[image]}));
+        got_status[call] = a.status;
+        if (a.status == 200) got[call] = a.Values<float>("probabilities");
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  burst.Wait();
+  for (int call = 0; call < 24; ++call) {
+    ASSERT_EQ(got_status[call], 200) << call;
+    ASSERT_EQ(got[call].size(), 1000u);
+    for (int c = 0; c < 1000; ++c) ASSERT_NEAR(got[call][c], expected[call % 4][c], 1e-4) << call << "/" << c;
+  }
+  ASSERT_EQ(burst.Count(StatusCode::OK), 32);
+  for (int i = 0; i < 32; ++i) {
+    const auto& top = burst.responses[i].classes(0);
+    EXPECT_NEAR(top.score(), expected[4 + i % 4][top.index()], 1e-4) << i;
+    EXPECT_NEAR(top.score(), *std::max_element(expected[4 + i % 4].begin(), expected[4 + i % 4].end()), 1e-4) << i;
+  }
+
   // care-client over HTTP prints what it prints over care.vision.v1.
   const std::string image = std::string(CARE_SOURCE_DIR) + "/docs/demo/ankle_boot.png";
   int vision_status = 0, http_status = 0;
