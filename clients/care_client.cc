@@ -244,9 +244,8 @@ int Detect(Stubs* stubs) {
               static_cast<long long>(response.model_version()), response.detections_size(), response.image_width(),
               response.image_height());
   for (const v1::Detection& d : response.detections()) {
-    // Over the Open Inference Protocol only the class index comes back.
-    const std::string label = d.label().empty() ? absl::StrCat("class ", d.class_index()) : d.label();
-    std::printf("  %6.3f  %-20s [%.1f, %.1f, %.1f, %.1f]\n", d.score(), label.c_str(), d.box().x_min(),
+    std::printf("  %6.3f  %-20s [%.1f, %.1f, %.1f, %.1f]\n", d.score(),
+                careserve::DisplayLabel(d.label(), d.class_index()).c_str(), d.box().x_min(),
                 d.box().y_min(), d.box().x_max(), d.box().y_max());
   }
   return 0;

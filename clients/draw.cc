@@ -38,6 +38,10 @@ void Label(cv::Mat& image, const std::string& text, cv::Point at, const cv::Scal
 
 }  // namespace
 
+std::string DisplayLabel(const std::string& label, int class_index) {
+  return label.empty() ? "class " + std::to_string(class_index) : label;
+}
+
 cv::Scalar ClassColor(int class_index) {
   // Hues a golden angle apart: neighbouring class indices get distant colours.
   const double hue = std::fmod(class_index * 0.61803398875, 1.0) * 180.0;
@@ -59,9 +63,7 @@ cv::Mat DrawDetections(const cv::Mat& bgr, const care::vision::v1::DetectRespons
     const cv::Point p2(static_cast<int>(std::lround(d.box().x_max())), static_cast<int>(std::lround(d.box().y_max())));
     cv::rectangle(out, p1, p2, color, style.line, cv::LINE_AA);
     char text[160];
-    // An answer without labels (the Open Inference Protocol's) names the class index.
-    const std::string label = d.label().empty() ? "class " + std::to_string(d.class_index()) : d.label();
-    std::snprintf(text, sizeof(text), "%s %.2f", label.c_str(), d.score());
+    std::snprintf(text, sizeof(text), "%s %.2f", DisplayLabel(d.label(), d.class_index()).c_str(), d.score());
     int baseline = 0;
     const int text_height =
         cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, style.font_scale, style.thickness, &baseline).height;
@@ -101,8 +103,8 @@ cv::Mat DrawSegmentation(const cv::Mat& bgr, const cv::Mat& mask, const care::vi
   for (int i = 0; i < entries; ++i) {
     const auto& c = response.classes(i);
     char text[160];
-    const std::string label = c.label().empty() ? "class " + std::to_string(c.class_index()) : c.label();
-    std::snprintf(text, sizeof(text), "%s %.1f%%", label.c_str(), 100.0 * c.fraction());
+    std::snprintf(text, sizeof(text), "%s %.1f%%", DisplayLabel(c.label(), c.class_index()).c_str(),
+                  100.0 * c.fraction());
     texts.push_back(text);
     width = std::max(width, cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, style.font_scale, style.thickness,
                                             &baseline).width);

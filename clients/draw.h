@@ -2,10 +2,15 @@
 // image blended with a class-coloured mask and a legend. Same size as the input image.
 #pragma once
 
+#include <string>
+
 #include "care/vision/v1/vision.pb.h"
 #include "opencv2/core.hpp"
 
 namespace careserve {
+
+// `label`, or "class N" for an answer without labels (the Open Inference Protocol's).
+std::string DisplayLabel(const std::string& label, int class_index);
 
 // A distinct, stable colour per class (BGR).
 cv::Scalar ClassColor(int class_index);

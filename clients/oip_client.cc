@@ -73,19 +73,14 @@ int Find(const ModelInferResponse& response, const std::string& name) {
   return -1;
 }
 
-// The bytes of output i in raw form (typed FP32/INT32 contents re-packed).
-std::string RawOf(const ModelInferResponse& response, int i) {
-  if (i < response.raw_output_contents_size()) return response.raw_output_contents(i);
-  const auto& contents = response.outputs(i).contents();
-  if (contents.fp32_contents_size() > 0) {
-    return std::string(reinterpret_cast<const char*>(contents.fp32_contents().data()), contents.fp32_contents_size() * 4);
-  }
-  return std::string(reinterpret_cast<const char*>(contents.int_contents().data()), contents.int_contents_size() * 4);
+// The requests above send raw inputs, so the protocol answers raw outputs.
+bool AllRaw(const ModelInferResponse& response) {
+  return response.raw_output_contents_size() == response.outputs_size();
 }
 
 template <typename T>
 std::vector<T> Values(const ModelInferResponse& response, int i) {
-  const std::string raw = RawOf(response, i);
+  const std::string& raw = response.raw_output_contents(i);
   std::vector<T> values(raw.size() / sizeof(T));
   std::memcpy(values.data(), raw.data(), values.size() * sizeof(T));
   return values;
@@ -124,20 +119,16 @@ grpc::Status VisionClassifyResponse(const ModelInferResponse& response, v1::Clas
   int64_t version = 0;
   Header(response, out->mutable_model(), &version);
   out->set_model_version(version);
+  if (!AllRaw(response)) return BadAnswer("outputs not in raw form");
   const int i = Find(response, "probabilities");
   if (i < 0 || response.outputs(i).datatype() != "BYTES") return BadAnswer("no BYTES output probabilities");
+  const std::string& raw = response.raw_output_contents(i);
   std::vector<std::string> entries;
-  if (i < response.raw_output_contents_size()) {
-    const std::string& raw = response.raw_output_contents(i);
-    for (size_t at = 0; at + 4 <= raw.size();) {
-      const auto* p = reinterpret_cast<const unsigned char*>(raw.data() + at);
-      const uint32_t n = p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
-      entries.push_back(raw.substr(at + 4, n));
-      at += 4 + n;
-    }
-  } else {
-    entries.assign(response.outputs(i).contents().bytes_contents().begin(),
-                   response.outputs(i).contents().bytes_contents().end());
+  for (size_t at = 0; at + 4 <= raw.size();) {
+    const auto* p = reinterpret_cast<const unsigned char*>(raw.data() + at);
+    const uint32_t n = p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
+    entries.push_back(raw.substr(at + 4, n));
+    at += 4 + n;
   }
   for (const std::string& entry : entries) {
     std::vector<std::string> parts = absl::StrSplit(entry, absl::MaxSplits(':', 2));
@@ -161,6 +152,7 @@ grpc::Status VisionDetectResponse(const ModelInferResponse& response, v1::Detect
   const int b = Find(response, "boxes"), s = Find(response, "scores"), c = Find(response, "classes"),
             n = Find(response, "num_detections");
   if (b < 0 || s < 0 || c < 0 || n < 0) return BadAnswer("missing boxes, scores, classes or num_detections");
+  if (!AllRaw(response)) return BadAnswer("outputs not in raw form");
   const std::vector<float> boxes = Values<float>(response, b), scores = Values<float>(response, s);
   const std::vector<int32_t> classes = Values<int32_t>(response, c), counts = Values<int32_t>(response, n);
   if (counts.size() != 1 || static_cast<size_t>(counts[0]) > scores.size() || boxes.size() != 4 * scores.size() ||
@@ -190,20 +182,10 @@ grpc::Status VisionSegmentResponse(const ModelInferResponse& response, v1::Segme
   const bool wide = tensor.datatype() == "UINT16";
   cv::Mat mask(height, width, wide ? CV_16UC1 : CV_8UC1);
   const size_t bytes = mask.total() * mask.elemSize();
-  if (i < response.raw_output_contents_size()) {
-    if (response.raw_output_contents(i).size() != bytes) return BadAnswer("mask of the wrong size");
-    std::memcpy(mask.data, response.raw_output_contents(i).data(), bytes);
-  } else {
-    const auto& values = tensor.contents().uint_contents();
-    if (static_cast<size_t>(values.size()) != mask.total()) return BadAnswer("mask of the wrong size");
-    for (size_t k = 0; k < mask.total(); ++k) {
-      if (wide) {
-        mask.ptr<uint16_t>()[k] = static_cast<uint16_t>(values[k]);
-      } else {
-        mask.ptr<uint8_t>()[k] = static_cast<uint8_t>(values[k]);
-      }
-    }
+  if (!AllRaw(response) || response.raw_output_contents(i).size() != bytes) {
+    return BadAnswer("mask not raw [1, H, W] bytes");
   }
+  std::memcpy(mask.data, response.raw_output_contents(i).data(), bytes);
   std::vector<uchar> png;
   cv::imencode(".png", mask, png);
   out->set_mask_png(std::string(png.begin(), png.end()));

@@ -263,42 +263,9 @@ absl::Status ParseInfer(const httplib::Request& req, ModelInferRequest* request,
   return absl::OkStatus();
 }
 
-size_t ElementSize(const std::string& datatype) {
-  if (datatype == "UINT8") return 1;
-  if (datatype == "UINT16") return 2;
-  return 4;  // FP32, INT32
-}
-
-// Output i's bytes as the binary extension carries them (typed contents packed).
-std::string BinaryOf(const ModelInferResponse& response, int i) {
-  if (i < response.raw_output_contents_size()) return response.raw_output_contents(i);
-  const auto& out = response.outputs(i);
-  const auto& c = out.contents();
-  std::string raw;
-  if (out.datatype() == "BYTES") {
-    for (const std::string& v : c.bytes_contents()) {
-      const uint32_t n = static_cast<uint32_t>(v.size());
-      for (int k = 0; k < 4; ++k) raw.push_back(static_cast<char>((n >> (8 * k)) & 0xff));
-      raw += v;
-    }
-  } else if (out.datatype() == "FP32") {
-    raw.assign(reinterpret_cast<const char*>(c.fp32_contents().data()), c.fp32_contents_size() * 4);
-  } else if (out.datatype() == "INT32") {
-    raw.assign(reinterpret_cast<const char*>(c.int_contents().data()), c.int_contents_size() * 4);
-  } else {  // UINT8, UINT16
-    const size_t size = ElementSize(out.datatype());
-    raw.resize(c.uint_contents_size() * size);
-    for (int k = 0; k < c.uint_contents_size(); ++k) {
-      const uint32_t v = c.uint_contents(k);
-      std::memcpy(&raw[k * size], &v, size);  // little-endian host
-    }
-  }
-  return raw;
-}
-
 // Output i's elements as JSON.
 json DataOf(const ModelInferResponse& response, int i) {
-  const std::string raw = BinaryOf(response, i);
+  const std::string& raw = response.raw_output_contents(i);
   const std::string& datatype = response.outputs(i).datatype();
   json data = json::array();
   if (datatype == "BYTES") {
@@ -346,7 +313,7 @@ void ReplyInfer(httplib::Response& res, const ModelInferResponse& response, cons
     const bool as_binary = it != asked.binary.end() ? it->second : asked.all_binary;
     if (as_binary) {
       any_binary = true;
-      const std::string bytes = BinaryOf(response, i);
+      const std::string& bytes = response.raw_output_contents(i);
       tensor["parameters"] = {{"binary_data_size", bytes.size()}};
       binary += bytes;
     } else {
@@ -519,7 +486,7 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Frontend* fronte
                 }
                 call.set_deadline(deadline);
                 ModelInferResponse response;
-                OipInfer(frontend, &call, &request, &response);
+                OipInfer(frontend, &call, &request, &response, /*raw_outputs=*/true);
                 const absl::Status status = call.Wait();
                 if (!status.ok()) return ReplyError(res, status);
                 ReplyInfer(res, response, outputs);

@@ -508,7 +508,8 @@ absl::Status WriteOutputs(const InferState& state, const ServedModel& model, Mod
 
 }  // namespace
 
-void OipInfer(Frontend* frontend, PendingCall* call, const ModelInferRequest* request, ModelInferResponse* response) {
+void OipInfer(Frontend* frontend, PendingCall* call, const ModelInferRequest* request, ModelInferResponse* response,
+              bool raw_outputs) {
   absl::StatusOr<int64_t> version = ParseVersion(request->model_version());
   if (!version.ok()) return call->Answer(version.status());
   ServedModel* model = frontend->ResolveOrAnswer(call, request->model_name(), *version, std::nullopt);
@@ -526,7 +527,7 @@ void OipInfer(Frontend* frontend, PendingCall* call, const ModelInferRequest* re
     if (!options.ok()) return call->Answer(options.status());
     state->detect = *options;
   }
-  state->typed = request->raw_input_contents_size() == 0;
+  state->typed = !raw_outputs && request->raw_input_contents_size() == 0;
   const int n = state->input.count();
   state->probabilities.resize(spec.task == Task::kClassification ? n : 0);
   state->top.resize(spec.task == Task::kClassification ? n : 0);

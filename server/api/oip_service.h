@@ -15,9 +15,11 @@ const char* CareserveVersion();
 // The protocol's operations, for every transport (gRPC here; HTTP/JSON converts to and
 // from these messages).
 // ModelInfer: validates `request`, runs its images and fills `response`, then answers
-// `call`. `request` and `response` must live until the call is answered.
+// `call`. `request` and `response` must live until the call is answered. Outputs come
+// raw when the request's inputs did, or always with `raw_outputs` (HTTP, which writes
+// binary data or JSON from the raw bytes).
 void OipInfer(Frontend* frontend, PendingCall* call, const inference::ModelInferRequest* request,
-              inference::ModelInferResponse* response);
+              inference::ModelInferResponse* response, bool raw_outputs = false);
 absl::StatusOr<inference::ModelMetadataResponse> OipModelMetadata(const Frontend& frontend, const std::string& name,
                                                                   const std::string& version);
 // NOT_FOUND for an unknown model or version; false for one that failed to load, or while

@@ -16,32 +16,6 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string Png(const cv::Mat& bgr) {
-  std::vector<uchar> bytes;
-  EXPECT_TRUE(cv::imencode(".png", bgr, bytes));
-  return std::string(bytes.begin(), bytes.end());
-}
-
-std::string LengthPrefixed(const std::vector<std::string>& elements) {
-  std::string raw;
-  for (const std::string& e : elements) {
-    const uint32_t n = static_cast<uint32_t>(e.size());
-    for (int k = 0; k < 4; ++k) raw.push_back(static_cast<char>((n >> (8 * k)) & 0xff));
-    raw += e;
-  }
-  return raw;
-}
-
-std::vector<cv::Mat> Crops(int n) {
-  const std::vector<cv::Mat> photos = Photos();
-  std::vector<cv::Mat> crops;
-  for (int i = 0; i < n; ++i) {
-    const cv::Mat& photo = photos[i % photos.size()];
-    crops.push_back(photo(cv::Rect(i * 9, i * 5, photo.cols / 2 + i * 17, photo.rows / 2 + i * 3)).clone());
-  }
-  return crops;
-}
-
 // An answer: status, the JSON header, and the binary data of each output that came binary.
 struct Answer {
   int status = 0;
@@ -149,12 +123,6 @@ class HttpTest : public ServerTest {
     return probabilities;
   }
 };
-
-v1::Image Encoded(const std::string& bytes) {
-  v1::Image image;
-  image.set_encoded(bytes);
-  return image;
-}
 
 TEST_F(HttpTest, HealthAndMetadataRoutes) {
   Answer live = Get("/v2/health/live");

@@ -14,34 +14,6 @@ namespace {
 
 namespace oip = ::inference;
 
-std::string Png(const cv::Mat& bgr) {
-  std::vector<uchar> bytes;
-  EXPECT_TRUE(cv::imencode(".png", bgr, bytes));
-  return std::string(bytes.begin(), bytes.end());
-}
-
-// Raw BYTES contents: each element a 4-byte little-endian length, then its bytes.
-std::string RawBytes(const std::vector<std::string>& elements) {
-  std::string raw;
-  for (const std::string& e : elements) {
-    const uint32_t n = static_cast<uint32_t>(e.size());
-    for (int k = 0; k < 4; ++k) raw.push_back(static_cast<char>((n >> (8 * k)) & 0xff));
-    raw += e;
-  }
-  return raw;
-}
-
-std::vector<std::string> SplitRawBytes(const std::string& raw) {
-  std::vector<std::string> elements;
-  for (size_t at = 0; at + 4 <= raw.size();) {
-    const auto* p = reinterpret_cast<const unsigned char*>(raw.data() + at);
-    const uint32_t n = p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
-    elements.push_back(raw.substr(at + 4, n));
-    at += 4 + n;
-  }
-  return elements;
-}
-
 // A request with one input; raw (raw_input_contents) unless `typed`.
 oip::ModelInferRequest ImageRequest(const std::string& model, const std::vector<std::string>& images, bool typed) {
   oip::ModelInferRequest request;
@@ -54,7 +26,7 @@ oip::ModelInferRequest ImageRequest(const std::string& model, const std::vector<
   if (typed) {
     for (const std::string& image : images) input->mutable_contents()->add_bytes_contents(image);
   } else {
-    request.add_raw_input_contents(RawBytes(images));
+    request.add_raw_input_contents(LengthPrefixed(images));
   }
   return request;
 }
@@ -134,23 +106,6 @@ class OipTest : public ServerTest {
 
   std::unique_ptr<oip::GRPCInferenceService::Stub> oip_;
 };
-
-v1::Image Encoded(const std::string& bytes) {
-  v1::Image image;
-  image.set_encoded(bytes);
-  return image;
-}
-
-// Crops of the photos, of different sizes.
-std::vector<cv::Mat> Crops(int n) {
-  const std::vector<cv::Mat> photos = Photos();
-  std::vector<cv::Mat> crops;
-  for (int i = 0; i < n; ++i) {
-    const cv::Mat& photo = photos[i % photos.size()];
-    crops.push_back(photo(cv::Rect(i * 9, i * 5, photo.cols / 2 + i * 17, photo.rows / 2 + i * 3)).clone());
-  }
-  return crops;
-}
 
 TEST_F(OipTest, ServerAndModelMetadataDescribeTheModels) {
   grpc::ClientContext c1, c2, c3;
@@ -354,7 +309,7 @@ TEST_F(OipTest, ClassificationMatchesVisionForEveryInputForm) {
     std::vector<std::string> entries =
         typed ? std::vector<std::string>(response.outputs(0).contents().bytes_contents().begin(),
                                          response.outputs(0).contents().bytes_contents().end())
-              : SplitRawBytes(response.raw_output_contents(0));
+              : SplitLengthPrefixed(response.raw_output_contents(0));
     ASSERT_EQ(entries.size(), 6u);
     const std::vector<std::string> labels = absl::StrSplit(ReadFile(Env("CARE_TEST_REPOSITORY") +
                                                                     "/care_s0_cls/labels.txt"), '\n');
@@ -520,7 +475,7 @@ TEST_F(OipTest, BadRequestsGetTheContractsStatusCodes) {
     r->mutable_inputs(0)->mutable_contents()->add_bytes_contents(png);
   });
   add("bad image", StatusCode::INVALID_ARGUMENT, "image", [](oip::ModelInferRequest* r) {
-    r->set_raw_input_contents(0, RawBytes({"this is not an image"}));
+    r->set_raw_input_contents(0, LengthPrefixed({"this is not an image"}));
   });
   add("pixels not a multiple of the shape", StatusCode::INVALID_ARGUMENT, "bytes", [](oip::ModelInferRequest* r) {
     auto* input = r->mutable_inputs(0);

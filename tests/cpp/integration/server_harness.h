@@ -338,5 +338,54 @@ double CpuSeconds(pid_t pid) {
   return (std::stod(fields[11]) + std::stod(fields[12])) / sysconf(_SC_CLK_TCK);
 }
 
+// --- Open Inference Protocol suites (oip_test, http_test) --------------------------
+
+std::string Png(const cv::Mat& bgr) {
+  std::vector<uchar> bytes;
+  EXPECT_TRUE(cv::imencode(".png", bgr, bytes));
+  return std::string(bytes.begin(), bytes.end());
+}
+
+// Raw BYTES contents: each element a 4-byte little-endian length, then its bytes.
+std::string LengthPrefixed(const std::vector<std::string>& elements) {
+  std::string raw;
+  for (const std::string& e : elements) {
+    const uint32_t n = static_cast<uint32_t>(e.size());
+    for (int k = 0; k < 4; ++k) raw.push_back(static_cast<char>((n >> (8 * k)) & 0xff));
+    raw += e;
+  }
+  return raw;
+}
+
+// The elements of raw BYTES contents.
+std::vector<std::string> SplitLengthPrefixed(const std::string& raw) {
+  std::vector<std::string> elements;
+  for (size_t at = 0; at + 4 <= raw.size();) {
+    const auto* p = reinterpret_cast<const unsigned char*>(raw.data() + at);
+    const uint32_t n = p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
+    elements.push_back(raw.substr(at + 4, n));
+    at += 4 + n;
+  }
+  return elements;
+}
+
+v1::Image Encoded(const std::string& bytes) {
+  v1::Image image;
+  image.set_encoded(bytes);
+  return image;
+}
+
+// Crops of the photos, of different sizes.
+std::vector<cv::Mat> Crops(int n) {
+  const std::vector<cv::Mat> photos = Photos();
+  std::vector<cv::Mat> crops;
+  for (int i = 0; i < n; ++i) {
+    const cv::Mat& photo = photos[i % photos.size()];
+    crops.push_back(photo(cv::Rect(i * 9, i * 5, photo.cols / 2 + i * 17, photo.rows / 2 + i * 3)).clone());
+  }
+  return crops;
+}
+
+
 }  // namespace
 }  // namespace careserve
