@@ -80,6 +80,9 @@ ABSL_FLAG(int, max_message_bytes, 32 << 20,
 ABSL_FLAG(int64_t, max_image_pixels, 40'000'000, "Largest image accepted, in pixels (width x height).");
 ABSL_FLAG(int, warmup_runs, 2, "Warm-up passes per model version (batch 1 and max_batch_size) before serving.");
 ABSL_FLAG(bool, optimize_for_inference, true, "Run torch::jit::optimize_for_inference on every model after loading.");
+ABSL_FLAG(std::string, torchvision_ops, "auto",
+          "torchvision's operator library (nms, roi_align) for Mask R-CNN models: auto (Debian's "
+          "python3-torchvision, or the container's copy), a path, or empty for none.");
 ABSL_FLAG(bool, strict, false, "Exit if any model or version fails to load (default: report it and serve the rest).");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
           "On SIGTERM/SIGINT: health turns NOT_SERVING, new requests get UNAVAILABLE, and requests in flight "
@@ -150,6 +153,13 @@ int Run() {
     return 2;
   }
   ConfigureTorch(intra, absl::GetFlag(FLAGS_inter_op_threads));
+  std::string ops_error;
+  const std::string ops_library = LoadTorchvisionOps(absl::GetFlag(FLAGS_torchvision_ops), &ops_error);
+  if (ops_library.empty() && absl::GetFlag(FLAGS_torchvision_ops) != "auto" &&
+      !absl::GetFlag(FLAGS_torchvision_ops).empty()) {
+    Log(LogLevel::kError, "cannot load --torchvision_ops", {{"error", ops_error}});
+    return 2;
+  }
   OpenMpThreadPolicy thread_policy(intra);
   SchedulerOptions scheduler_options;
   scheduler_options.engine_threads = runners;
@@ -243,7 +253,8 @@ int Run() {
        {"preprocess_threads", std::to_string(pre)},
        {"batch_policy", BatchPolicyName(*batch_policy)},
        {"torch", TorchVersion()},
-       {"blas", BlasLibrary()}});
+       {"blas", BlasLibrary()},
+       {"torchvision_ops", ops_library.empty() ? "none" : ops_library}});
 
   RepositoryOptions options;
   options.strict = absl::GetFlag(FLAGS_strict);
@@ -251,6 +262,7 @@ int Run() {
   options.scheduler = &scheduler;
   options.batch_policy = *batch_policy;
   options.engine.optimize = absl::GetFlag(FLAGS_optimize_for_inference);
+  options.engine.torchvision_ops = absl::GetFlag(FLAGS_torchvision_ops);
   const absl::Time load_start = absl::Now();
   absl::StatusOr<std::unique_ptr<ModelRepository>> repository = ModelRepository::Load(repository_dir, options, &metrics);
   if (!repository.ok()) {

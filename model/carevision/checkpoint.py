@@ -70,7 +70,8 @@ def as_backbone_seed(state_dict: StateDict) -> StateDict:
 
 
 def is_classification_checkpoint(state_dict: StateDict) -> bool:
-    return not any(k.startswith(("backbone.", "neck.", "bbox_head.", "decode_head.")) for k in state_dict)
+    return not any(k.startswith(("backbone.", "neck.", "bbox_head.", "decode_head.", "rpn_head.", "roi_head."))
+                   for k in state_dict)
 
 
 def check_fit(model: nn.Module, state_dict: StateDict, allow_missing: Optional[re.Pattern] = None
@@ -98,7 +99,7 @@ def load_checkpoint(model: nn.Module, state_dict: StateDict, task: str, path: st
     if task != "classification" and is_classification_checkpoint(state_dict):
         state_dict = as_backbone_seed(state_dict)
         scope = "backbone"
-        allow_missing = re.compile(r"^(neck|bbox_head|decode_head)\.|" + PYRAMID_NORM_KEY.pattern)
+        allow_missing = re.compile(r"^(neck|bbox_head|decode_head|rpn_head|roi_head)\.|" + PYRAMID_NORM_KEY.pattern)
     missing, unexpected, conflicts = check_fit(model, state_dict, allow_missing)
     if missing or unexpected or conflicts:
         parts = []
@@ -109,7 +110,8 @@ def load_checkpoint(model: nn.Module, state_dict: StateDict, task: str, path: st
         if conflicts:
             parts.append(f"{len(conflicts)} shape conflicts: {_listing(conflicts)}")
         hint = ""
-        if any(re.match(r"(head\.fc|head|dist_head|bbox_head\.retina_cls|decode_head\.conv_seg)\.", c)
+        if any(re.match(r"(head\.fc|head|dist_head|bbox_head\.retina_cls|decode_head\.conv_seg|"
+                        r"roi_head\.bbox_head\.fc_(cls|reg)|roi_head\.mask_head\.conv_logits)\.", c)
                for c in conflicts):
             hint = " (a classifier of another class count: pass --num-classes and --labels)"
         raise CheckpointError(f"{path} does not fit {describe}: " + "; ".join(parts) + hint)
@@ -129,6 +131,8 @@ def infer_num_classes(state_dict: StateDict, task: str, num_anchors: int = 9) ->
         return int(state_dict["bbox_head.retina_cls.weight"].shape[0]) // num_anchors
     elif task == "segmentation" and "decode_head.conv_seg.weight" in state_dict:
         return int(state_dict["decode_head.conv_seg.weight"].shape[0])
+    elif task == "instance_segmentation" and "roi_head.bbox_head.fc_cls.weight" in state_dict:
+        return int(state_dict["roi_head.bbox_head.fc_cls.weight"].shape[0]) - 1  # background last
     return None
 
 
@@ -144,6 +148,13 @@ def infer_head_options(state_dict: StateDict, task: str) -> Dict[str, int]:
         convs = {int(m.group(1)) for k in state_dict
                  for m in [re.match(r"bbox_head\.cls_convs\.(\d+)\.", k)] if m}
         options["stacked_convs"] = len(convs)
+    elif task == "instance_segmentation":
+        fc = state_dict.get("roi_head.bbox_head.shared_fcs.1.weight")
+        mask = state_dict.get("roi_head.mask_head.conv_logits.weight")
+        if fc is not None:
+            options["fc_channels"] = int(fc.shape[0])
+        if mask is not None:
+            options["mask_channels"] = int(mask.shape[1])
     elif "decode_head.conv_seg.weight" in state_dict:
         options["head_channels"] = int(state_dict["decode_head.conv_seg.weight"].shape[1])
     return options

@@ -27,10 +27,14 @@ from .checkpoint import (CheckpointError, infer_head_options, infer_num_classes,
 from .verify import RTOL, compare
 
 LABELS_DIR = os.path.join(os.path.dirname(__file__), "labels")
-DEFAULT_LABELS = {"classification": "imagenet1k.txt", "detection": "coco80.txt", "segmentation": "ade20k150.txt"}
-DATASET = {"classification": "imagenet", "detection": "coco", "segmentation": "ade20k"}
-HEAD_NAME = {"classification": "", "detection": "_retinanet", "segmentation": "_fpn"}
-DEFAULT_INPUT = {"classification": (224, 224), "detection": (512, 512), "segmentation": (512, 512)}
+DEFAULT_LABELS = {"classification": "imagenet1k.txt", "detection": "coco80.txt", "segmentation": "ade20k150.txt",
+                  "instance_segmentation": "coco80.txt"}
+DATASET = {"classification": "imagenet", "detection": "coco", "segmentation": "ade20k",
+           "instance_segmentation": "coco"}
+HEAD_NAME = {"classification": "", "detection": "_retinanet", "segmentation": "_fpn",
+             "instance_segmentation": "_maskrcnn"}
+DEFAULT_INPUT = {"classification": (224, 224), "detection": (512, 512), "segmentation": (512, 512),
+                 "instance_segmentation": (512, 512)}
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
 DEFAULT_BATCHING = {"max_batch_size": 16, "max_queue_delay_us": 2000, "queue_capacity": 256}
@@ -124,7 +128,7 @@ def build_config(args, name: str, num_classes: int, weights: dict, report: dict,
         config["input"].update(resize="center_crop", crop_pct=args.crop_pct, interpolation="bicubic")
     else:
         config["input"].update(resize="letterbox", interpolation="bilinear")
-    if args.task == "detection":
+    if args.task in ("detection", "instance_segmentation"):
         config["postprocess"] = dict(DETECTION_POSTPROCESS)
     return config
 
@@ -199,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, choices=list_backbones())
     p.add_argument("--task", default="classification", choices=TASKS)
     p.add_argument("--out", required=True, help="model repository directory")
-    p.add_argument("--name", help="model name (default: ARCH[_retinanet|_fpn]_DATASET)")
+    p.add_argument("--name", help="model name (default: ARCH[_retinanet|_fpn|_maskrcnn]_DATASET)")
     p.add_argument("--version", type=int, help="version number (default: next free one)")
     p.add_argument("--checkpoint", help="authors' checkpoint (.pth): state_dict, or dict with "
                                         "'model'/'state_dict'; a classification checkpoint seeds "

@@ -77,7 +77,25 @@ def compare_detections(eager, scripted, height: int, width: int, num_classes: in
     return max(worst_score, worst_box), rel
 
 
+def compare_instances(eager, scripted, height: int, width: int) -> Tuple[float, float]:
+    """Compares Mask R-CNN outputs (padded detections by descending score): labels equal,
+    scores, boxes and mask probabilities within tolerance, position by position."""
+    if any(e.shape != s.shape for e, s in zip(eager, scripted)):
+        return math.inf, math.inf
+    boxes_e, scores_e, labels_e, masks_e = eager
+    boxes_s, scores_s, labels_s, masks_s = scripted
+    if not torch.equal(labels_e, labels_s):
+        return math.inf, math.inf
+    box_scale = float(max(height, width))
+    score = (scores_e - scores_s).abs().max().item() if scores_e.numel() else 0.0
+    box = (boxes_e - boxes_s).abs().max().item() if boxes_e.numel() else 0.0
+    mask = (masks_e - masks_s).abs().max().item() if masks_e.numel() else 0.0
+    return max(score, box, mask), max(score, _rel(box, box_scale), mask)
+
+
 def compare(task: str, eager, scripted, height: int, width: int, num_classes: int) -> Tuple[float, float]:
+    if task == "instance_segmentation":
+        return compare_instances(eager, scripted, height, width)
     if task == "detection":
         return compare_detections(eager, scripted, height, width, num_classes)
     return compare_dense(eager, scripted)

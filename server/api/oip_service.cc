@@ -10,9 +10,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "server/api/validation.h"
 #include "server/postprocess/classify.h"
 #include "server/postprocess/detect.h"
+#include "server/postprocess/instance_mask.h"
 #include "server/postprocess/segment.h"
 
 #ifndef CARE_VERSION
@@ -307,6 +309,8 @@ std::vector<std::string> OutputNames(Task task) {
       return {"boxes", "scores", "classes", "num_detections"};
     case Task::kSegmentation:
       return {"mask"};
+    case Task::kInstanceSegmentation:
+      return {"boxes", "scores", "classes", "num_detections", "masks"};
   }
   return {};
 }
@@ -359,6 +363,7 @@ struct InferState {
   std::vector<std::vector<float>> probabilities;
   std::vector<std::vector<ClassScore>> top;
   std::vector<std::vector<BoxDetection>> detections;
+  std::vector<std::vector<std::string>> instance_masks;  // COCO RLE as JSON, per detection
   std::vector<cv::Mat> masks;
 };
 
@@ -487,6 +492,12 @@ absl::Status WriteOutputs(const InferState& state, const ServedModel& model, Mod
         for (size_t j = 0; j < state.detections[i].size(); ++j) values[i * kk + j] = state.detections[i][j].label;
       }
       writer.Int32(name, {n, kk}, values);
+    } else if (name == "masks") {
+      std::vector<std::string> values(n * kk);
+      for (int64_t i = 0; i < n; ++i) {
+        for (size_t j = 0; j < state.instance_masks[i].size(); ++j) values[i * kk + j] = state.instance_masks[i][j];
+      }
+      writer.Bytes(name, {n, kk}, values);
     } else if (name == "num_detections") {
       std::vector<int32_t> values;
       for (const auto& d : state.detections) values.push_back(static_cast<int32_t>(d.size()));
@@ -522,7 +533,8 @@ void OipInfer(Frontend* frontend, PendingCall* call, const ModelInferRequest* re
   absl::StatusOr<RequestedOutputs> outputs = ParseOutputs(*request, spec);
   if (!outputs.ok()) return call->Answer(outputs.status());
   state->outputs = std::move(*outputs);
-  if (spec.task == Task::kDetection) {
+  const bool detects = ServingTask(spec.task) == Task::kDetection;
+  if (detects) {
     absl::StatusOr<DetectOptions> options = DetectOptionsFromParameters(request->parameters(), spec.postprocess);
     if (!options.ok()) return call->Answer(options.status());
     state->detect = *options;
@@ -531,7 +543,8 @@ void OipInfer(Frontend* frontend, PendingCall* call, const ModelInferRequest* re
   const int n = state->input.count();
   state->probabilities.resize(spec.task == Task::kClassification ? n : 0);
   state->top.resize(spec.task == Task::kClassification ? n : 0);
-  state->detections.resize(spec.task == Task::kDetection ? n : 0);
+  state->detections.resize(detects ? n : 0);
+  state->instance_masks.resize(spec.task == Task::kInstanceSegmentation ? n : 0);
   state->masks.resize(spec.task == Task::kSegmentation ? n : 0);
 
   std::vector<ImageInput> images(n);
@@ -561,10 +574,12 @@ void OipInfer(Frontend* frontend, PendingCall* call, const ModelInferRequest* re
         }
         return absl::OkStatus();
       }
-      case Task::kDetection: {
+      case Task::kDetection:
+      case Task::kInstanceSegmentation: {
         const int64_t k = outputs[1].shape[0];
+        const bool instances = spec.task == Task::kInstanceSegmentation;
         for (int64_t i = 0; i < k; ++i) {
-          if (outputs[2].i64[i] < 0 || outputs[2].i64[i] >= spec.num_classes) {
+          if ((outputs[2].i64[i] < 0 && !instances) || outputs[2].i64[i] >= spec.num_classes) {
             return absl::InternalError(absl::StrCat("model \"", spec.name, "\" produced class ", outputs[2].i64[i],
                                                     ", outside [0, ", spec.num_classes, ")"));
           }
@@ -573,6 +588,18 @@ void OipInfer(Frontend* frontend, PendingCall* call, const ModelInferRequest* re
                                    image.source_width, image.source_height};
         state->detections[index] = SelectDetections(outputs[0].f32.data(), outputs[1].f32.data(),
                                                     outputs[2].i64.data(), k, state->detect, geometry);
+        if (instances) {
+          const int m = static_cast<int>(outputs[3].shape[1]);
+          for (const BoxDetection& d : state->detections[index]) {
+            const CocoRle rle = PasteMask(outputs[3].f32.data() + static_cast<int64_t>(d.index) * m * m, m, d,
+                                          image.source_width, image.source_height);
+            // The counts alphabet (ASCII 48-111) holds the backslash, JSON's escape: escape it.
+            state->instance_masks[index].push_back(absl::StrCat("{\"size\":[", rle.height, ",", rle.width,
+                                                                "],\"counts\":\"",
+                                                                absl::StrReplaceAll(rle.counts, {{"\\", "\\\\"}}),
+                                                                "\"}"));
+          }
+        }
         return absl::OkStatus();
       }
       case Task::kSegmentation: {
@@ -625,10 +652,12 @@ absl::StatusOr<inference::ModelMetadataResponse> OipModelMetadata(const Frontend
       tensor(response.mutable_outputs(), "probabilities", "FP32", {-1, spec.num_classes});
       break;
     case Task::kDetection:
+    case Task::kInstanceSegmentation:
       tensor(response.mutable_outputs(), "boxes", "FP32", {-1, -1, 4});
       tensor(response.mutable_outputs(), "scores", "FP32", {-1, -1});
       tensor(response.mutable_outputs(), "classes", "INT32", {-1, -1});
       tensor(response.mutable_outputs(), "num_detections", "INT32", {-1});
+      if (spec.task == Task::kInstanceSegmentation) tensor(response.mutable_outputs(), "masks", "BYTES", {-1, -1});
       break;
     case Task::kSegmentation:
       tensor(response.mutable_outputs(), "mask", spec.num_classes > 256 ? "UINT16" : "UINT8", {-1, -1, -1});

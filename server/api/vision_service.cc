@@ -8,6 +8,7 @@
 #include "server/api/validation.h"
 #include "server/postprocess/classify.h"
 #include "server/postprocess/detect.h"
+#include "server/postprocess/instance_mask.h"
 #include "server/postprocess/segment.h"
 
 namespace careserve {
@@ -70,8 +71,9 @@ grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* con
           LetterboxGeometry geometry{image.scale_x, static_cast<float>(image.width),
                                      static_cast<float>(image.height), image.source_width, image.source_height};
           const int num_classes = model->spec->num_classes;
+          const bool instances = model->spec->task == Task::kInstanceSegmentation;
           for (int64_t i = 0; i < k; ++i) {
-            if (outputs[2].i64[i] < 0 || outputs[2].i64[i] >= num_classes) {
+            if ((outputs[2].i64[i] < 0 && !instances) || outputs[2].i64[i] >= num_classes) {
               return absl::InternalError(absl::StrCat("model \"", model->spec->name, "\" produced class ",
                                                       outputs[2].i64[i], ", outside [0, ", num_classes, ")"));
             }
@@ -90,6 +92,14 @@ grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* con
             out->set_class_index(d.label);
             out->set_label(model->spec->labels[d.label]);
             out->set_score(d.score);
+            if (instances) {
+              const int m = static_cast<int>(outputs[3].shape[1]);
+              CocoRle rle = PasteMask(outputs[3].f32.data() + static_cast<int64_t>(d.index) * m * m, m, d,
+                                      image.source_width, image.source_height);
+              out->mutable_mask()->add_size(rle.height);
+              out->mutable_mask()->add_size(rle.width);
+              out->mutable_mask()->set_counts(std::move(rle.counts));
+            }
           }
           return absl::OkStatus();
         }, [] { return absl::OkStatus(); });

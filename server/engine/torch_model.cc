@@ -1,6 +1,7 @@
 #include "server/engine/torch_model.h"
 
 #include <dlfcn.h>
+#include <glob.h>
 
 #include <algorithm>
 #include <exception>
@@ -55,6 +56,47 @@ std::string FirstLine(const char* what) {
   return end == std::string::npos ? text : text.substr(0, end);
 }
 
+constexpr const char* kTorchvisionOpsCandidates[] = {
+    "/usr/lib/careserve/torchvision_ops.so",  // the container image's copy
+    "/usr/lib/python3/dist-packages/torchvision/_C*.so",  // Debian's python3-torchvision
+};
+
+struct OpsLibrary {
+  std::string path;
+  std::string error;
+};
+
+OpsLibrary OpenOpsLibrary(const std::string& requested) {
+  if (requested.empty()) return {"", "not loaded (--torchvision_ops is empty)"};
+  std::vector<std::string> paths;
+  if (requested == "auto") {
+    for (const char* pattern : kTorchvisionOpsCandidates) {
+      glob_t found{};
+      if (glob(pattern, 0, nullptr, &found) == 0) {
+        for (size_t i = 0; i < found.gl_pathc; ++i) paths.emplace_back(found.gl_pathv[i]);
+      }
+      globfree(&found);
+    }
+    if (paths.empty()) {
+      return {"", absl::StrCat("not found (looked for ", absl::StrJoin(kTorchvisionOpsCandidates, ", "),
+                               "; install python3-torchvision or pass --torchvision_ops=PATH)")};
+    }
+  } else {
+    paths.push_back(requested);
+  }
+  // Kept loaded for the process's life: it registers the operators with LibTorch.
+  if (dlopen(paths[0].c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+    const char* error = dlerror();
+    return {"", absl::StrCat("cannot load ", paths[0], ": ", error != nullptr ? error : "dlopen failed")};
+  }
+  return {paths[0], ""};
+}
+
+const OpsLibrary& LoadOpsOnce(const std::string& requested) {
+  static const OpsLibrary library = OpenOpsLibrary(requested);
+  return library;
+}
+
 absl::Status AddOutput(const c10::IValue& value, std::vector<torch::Tensor>* tensors) {
   if (!value.isTensor()) {
     return absl::InternalError(absl::StrCat("the model returned a ", value.tagKind(), " where a tensor was expected"));
@@ -73,13 +115,18 @@ absl::Status AddOutput(const c10::IValue& value, std::vector<torch::Tensor>* ten
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TorchModel>> TorchModel::Load(const std::string& path, const EngineOptions& options) {
+  const OpsLibrary& ops = LoadOpsOnce(options.torchvision_ops);
   auto impl = std::make_unique<Impl>();
   try {
     impl->module = torch::jit::load(path, torch::kCPU);
     impl->module.eval();
     if (options.optimize) impl->module = torch::jit::optimize_for_inference(impl->module);
   } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot load TorchScript ", path, ": ", FirstLine(e.what())));
+    const std::string first = FirstLine(e.what());
+    const std::string hint = first.find("torchvision::") != std::string::npos && ops.path.empty()
+                                 ? absl::StrCat(" (the model calls torchvision's operators; their library: ", ops.error, ")")
+                                 : "";
+    return absl::InvalidArgumentError(absl::StrCat("cannot load TorchScript ", path, ": ", first, hint));
   }
   return std::unique_ptr<TorchModel>(new TorchModel(std::move(impl)));
 }
@@ -130,6 +177,12 @@ void ConfigureTorch(int intra_op_threads, int inter_op_threads) {
 }
 
 std::string TorchVersion() { return TORCH_VERSION; }
+
+std::string LoadTorchvisionOps(const std::string& requested, std::string* why) {
+  const OpsLibrary& library = LoadOpsOnce(requested);
+  if (why != nullptr) *why = library.error;
+  return library.path;
+}
 
 std::string BlasLibrary() {
   void* sgemm = dlsym(RTLD_DEFAULT, "sgemm_");

@@ -51,7 +51,16 @@ struct EngineOptions {
   // Run torch::jit::optimize_for_inference after loading (conv-BN folding, MKLDNN
   // layouts where they pay). Off only to compare against the plain TorchScript.
   bool optimize = true;
+  // torchvision's operator library (nms, roi_align), which Mask R-CNN graphs call:
+  // "auto" finds Debian's python3-torchvision (or the container's copy), "" loads none,
+  // else a path. Process-wide: the first Load decides.
+  std::string torchvision_ops = "auto";
 };
+
+// Loads torchvision's operator library once per process (`requested` as
+// EngineOptions::torchvision_ops; later calls and TorchModel::Load keep the first
+// answer). Returns its path, or "" with the reason in `*why`.
+std::string LoadTorchvisionOps(const std::string& requested, std::string* why = nullptr);
 
 class TorchModel {
  public:

@@ -42,11 +42,11 @@ std::vector<BoxDetection> SelectDetections(const float* boxes, const float* scor
                                            const DetectOptions& options, const LetterboxGeometry& geometry) {
   std::vector<BoxDetection> candidates;
   for (int64_t i = 0; i < k; ++i) {
-    if (!(scores[i] > options.score_threshold)) continue;
+    if (!(scores[i] > options.score_threshold) || labels[i] < 0) continue;
     const float* b = boxes + 4 * i;
     candidates.push_back({std::clamp(b[0], 0.0f, geometry.valid_width), std::clamp(b[1], 0.0f, geometry.valid_height),
                           std::clamp(b[2], 0.0f, geometry.valid_width), std::clamp(b[3], 0.0f, geometry.valid_height),
-                          static_cast<int>(labels[i]), scores[i]});
+                          static_cast<int>(labels[i]), scores[i], static_cast<int>(i)});
   }
   // Best first; equal scores keep the model's order.
   std::stable_sort(candidates.begin(), candidates.end(),

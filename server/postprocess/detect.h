@@ -18,6 +18,7 @@ struct BoxDetection {
   float x_min, y_min, x_max, y_max;
   int label;
   float score;
+  int index = -1;  // the candidate's row in the model's output
 };
 
 // Intersection over union of two xyxy boxes (0 when the union is empty).
@@ -39,7 +40,8 @@ struct LetterboxGeometry {
 // `boxes` [k, 4] xyxy in network-input pixels, `scores` [k], `labels` [k]: the model's
 // candidates. Boxes are clipped to the valid (unpadded) region before NMS, as mmdet
 // clips to the resized image, then scaled to original pixels and clipped to the image.
-// Sorted by score, best first; at most options.max_detections.
+// Sorted by score, best first; at most options.max_detections. Candidates of a negative
+// label (a Mask R-CNN's padding rows) are skipped.
 std::vector<BoxDetection> SelectDetections(const float* boxes, const float* scores, const int64_t* labels, int64_t k,
                                            const DetectOptions& options, const LetterboxGeometry& geometry);
 

@@ -99,16 +99,19 @@ const char* TaskName(Task task) {
     case Task::kClassification: return "classification";
     case Task::kDetection: return "detection";
     case Task::kSegmentation: return "segmentation";
+    case Task::kInstanceSegmentation: return "instance_segmentation";
   }
   return "classification";
 }
 
+Task ServingTask(Task task) { return task == Task::kInstanceSegmentation ? Task::kDetection : task; }
+
 absl::StatusOr<Task> ParseTask(const std::string& name) {
-  for (Task t : {Task::kClassification, Task::kDetection, Task::kSegmentation}) {
+  for (Task t : kAllTasks) {
     if (name == TaskName(t)) return t;
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("task must be classification, detection or segmentation, got \"", name, "\""));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "task must be classification, detection, segmentation or instance_segmentation, got \"", name, "\""));
 }
 
 absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path) {

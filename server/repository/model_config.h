@@ -13,7 +13,13 @@
 
 namespace careserve {
 
-enum class Task { kClassification, kDetection, kSegmentation };
+// kInstanceSegmentation (Mask R-CNN) answers Detect, with a mask per detection.
+enum class Task { kClassification, kDetection, kSegmentation, kInstanceSegmentation };
+inline constexpr Task kAllTasks[] = {Task::kClassification, Task::kDetection, Task::kSegmentation,
+                                     Task::kInstanceSegmentation};
+
+// The RPC that serves a task's models: Detect serves detection and instance segmentation.
+Task ServingTask(Task task);
 
 const char* TaskName(Task task);
 absl::StatusOr<Task> ParseTask(const std::string& name);

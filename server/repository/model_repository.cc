@@ -144,7 +144,7 @@ void ModelRepository::LoadModel(const std::string& dir, RepositoryModel* model, 
 }
 
 void ModelRepository::ChooseDefaults() {
-  for (Task task : {Task::kClassification, Task::kDetection, Task::kSegmentation}) {
+  for (Task task : kAllTasks) {
     std::vector<const RepositoryModel*> ready, marked;
     std::vector<std::string> ready_names;
     for (const auto& m : models_) {
@@ -183,6 +183,8 @@ absl::StatusOr<ServedModel*> ModelRepository::Resolve(const std::string& name, i
   if (name.empty() && !task.has_value()) return absl::InvalidArgumentError("no model named: the model name is required");
   if (name.empty()) {
     auto it = defaults_.find(*task);
+    // Detect with no model: the default detection model, else the default Mask R-CNN.
+    if (it == defaults_.end() && *task == Task::kDetection) it = defaults_.find(Task::kInstanceSegmentation);
     if (it == defaults_.end()) {
       auto reason = no_default_reason_.find(*task);
       return absl::NotFoundError(absl::StrCat("no model named and no default ", TaskName(*task), " model: ",
@@ -200,8 +202,8 @@ absl::StatusOr<ServedModel*> ModelRepository::Resolve(const std::string& name, i
           absl::StrCat("model \"", name, "\" is not in the repository (models: ", NameList(names), ")"));
     }
   }
-  if (task.has_value() && model->spec.has_value() && model->spec->task != *task) {
-    static const char* kMethod[] = {"Classify", "Detect", "Segment"};
+  if (task.has_value() && model->spec.has_value() && ServingTask(model->spec->task) != *task) {
+    static const char* kMethod[] = {"Classify", "Detect", "Segment", "Detect"};
     return absl::FailedPreconditionError(absl::StrCat("model \"", model->name, "\" is a ", TaskName(model->spec->task),
                                                       " model, not a ", TaskName(*task), " one; call ",
                                                       kMethod[static_cast<int>(model->spec->task)], " for it"));

@@ -107,6 +107,18 @@ absl::Status ModelScheduler::CheckOutputs(const BatchOutputs& outputs, int batch
                                               " for N = ",
                                               n, "; got ", t.size(), " tensor(s)",
                                               t.empty() ? "" : absl::StrCat(", first ", ShapeText(t[0].shape))));
+    case Task::kInstanceSegmentation:
+      if (t.size() == 4 && t[0].shape.size() == 3 && t[0].shape[0] == n && t[0].shape[2] == 4 &&
+          t[1].shape == std::vector<int64_t>{n, t[0].shape[1]} && t[2].shape == t[1].shape &&
+          t[2].dtype == DType::kInt64 && t[3].shape.size() == 4 && t[3].shape[0] == n &&
+          t[3].shape[1] == t[0].shape[1] && t[3].shape[2] > 0 && t[3].shape[2] == t[3].shape[3]) {
+        return absl::OkStatus();
+      }
+      return absl::InternalError(absl::StrCat("instance segmentation model ", spec_.name,
+                                              " must return (boxes [N, D, 4], scores [N, D], labels [N, D] int64,"
+                                              " masks [N, D, M, M]) for N = ",
+                                              n, "; got ", t.size(), " tensor(s)",
+                                              t.empty() ? "" : absl::StrCat(", first ", ShapeText(t[0].shape))));
     case Task::kSegmentation: {
       const std::vector<int64_t> expected{n, c, spec_.input.height / 4, spec_.input.width / 4};
       if (t.size() == 1 && t[0].dtype == DType::kFloat32 && t[0].shape == expected) return absl::OkStatus();

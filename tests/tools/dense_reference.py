@@ -1,13 +1,15 @@
 """Reference answers for the Detect and Segment integration tests, computed from the
 repository's TorchScript outputs independently of the server: letterbox with Python's
 OpenCV, the network run alone on each image (optimised as the server runs it), then
-torchvision's batched_nms for detection and torch's grid_sample + argmax for the class
-map (docs/service.md defines both).
+torchvision's batched_nms for detection, torch's grid_sample + argmax for the class
+map, and for instance masks mmdetection's paste (grid_sample of each mask over its box at
+the original image's size, threshold 0.5) (docs/service.md defines all three).
 
-    /usr/bin/python3 tests/tools/dense_reference.py REPO DET_MODEL SEG_MODEL OUT
+    /usr/bin/python3 tests/tools/dense_reference.py REPO DET_MODEL SEG_MODEL MASK_MODEL OUT
 
-Writes OUT/images/<name>.png (the exact bytes the test sends), OUT/masks/<name>.png and
-OUT/reference.json (parameters, image sizes, detections).
+Writes OUT/images/<name>.png (the exact bytes the test sends), OUT/masks/<name>.png,
+OUT/instances/<name>_<j>.png (0/255, detection j's mask) and OUT/reference.json
+(parameters, image sizes, detections, instances).
 """
 import json
 import math
@@ -24,6 +26,7 @@ SKIMAGE = "/usr/lib/python3/dist-packages/skimage/data"
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
 DETECT = {"score_threshold": 0.33, "iou_threshold": 0.5, "max_detections": 40}
+INSTANCES = {"score_threshold": 0.12, "iou_threshold": 0.45, "max_detections": 30}
 
 
 def photo(name):
@@ -61,22 +64,44 @@ def load(repo, name):
     return model, config
 
 
-def detections(model, config, rgb):
+def paste_mask(probabilities, box, width, height):
+    """mmdetection's _do_paste_mask: bilinear sampling of the [M, M] mask at the pixel
+    centres mapped into the box (float32, align_corners=False, zero padding), >= 0.5."""
+    x0, y0, x1, y1 = (torch.tensor(v, dtype=torch.float32) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        return np.zeros((height, width), np.uint8)
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5 - x0) / (x1 - x0) * 2 - 1
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5 - y0) / (y1 - y0) * 2 - 1
+    grid = torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)], dim=-1)[None]
+    sampled = F.grid_sample(probabilities[None, None], grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)[0, 0]
+    return (sampled >= 0.5).numpy().astype(np.uint8)
+
+
+def detections(model, config, rgb, params=DETECT):
     height, width = config["input"]["height"], config["input"]["width"]
     x, scale, new_w, new_h = letterbox(rgb, height, width)
     with torch.no_grad():
-        boxes, scores, labels = (t[0] for t in model(x))
-    keep = scores > DETECT["score_threshold"]
+        outputs = [t[0] for t in model(x)]
+    boxes, scores, labels = outputs[:3]
+    masks = outputs[3] if len(outputs) > 3 else None
+    keep = (scores > params["score_threshold"]) & (labels >= 0)
     boxes, scores, labels = boxes[keep].clone(), scores[keep], labels[keep]
+    if masks is not None:
+        masks = masks[keep]
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, new_w)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, new_h)
-    kept = batched_nms(boxes, scores, labels, DETECT["iou_threshold"])[:DETECT["max_detections"]]
+    kept = batched_nms(boxes, scores, labels, params["iou_threshold"])[:params["max_detections"]]
     h, w = rgb.shape[:2]
     out = []
     for i in kept.tolist():
-        b = (boxes[i] / scale).tolist()
-        out.append({"box": [min(max(b[0], 0), w), min(max(b[1], 0), h), min(max(b[2], 0), w), min(max(b[3], 0), h)],
-                    "class_index": int(labels[i]), "score": float(scores[i])})
+        # in float32, as the server scales them
+        b = (boxes[i] * torch.tensor(1.0 / scale, dtype=torch.float64)).float().tolist()
+        box = [min(max(b[0], 0), w), min(max(b[1], 0), h), min(max(b[2], 0), w), min(max(b[3], 0), h)]
+        d = {"box": box, "class_index": int(labels[i]), "score": float(scores[i])}
+        if masks is not None:
+            d["mask"] = paste_mask(masks[i], box, w, h)
+        out.append(d)
     return out
 
 
@@ -99,23 +124,28 @@ def class_map(model, config, rgb):
     return sampled[0].argmax(0).numpy().astype(np.uint8)
 
 
-def main(repo, det_name, seg_name, out):
-    os.makedirs(os.path.join(out, "images"), exist_ok=True)
-    os.makedirs(os.path.join(out, "masks"), exist_ok=True)
+def main(repo, det_name, seg_name, mask_name, out):
+    for sub in ("images", "masks", "instances"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
     det, det_config = load(repo, det_name)
     seg, seg_config = load(repo, seg_name)
-    reference = {"detect": dict(DETECT, model=det_name), "segment": {"model": seg_name}, "images": []}
+    inst, inst_config = load(repo, mask_name)
+    reference = {"detect": dict(DETECT, model=det_name), "segment": {"model": seg_name},
+                 "instances": dict(INSTANCES, model=mask_name), "images": []}
     for name, bgr in test_images().items():
         path = os.path.join(out, "images", name + ".png")
         cv2.imwrite(path, bgr)
         rgb = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         cv2.imwrite(os.path.join(out, "masks", name + ".png"), class_map(seg, seg_config, rgb))
+        instances = detections(inst, inst_config, rgb, INSTANCES)
+        for j, d in enumerate(instances):
+            cv2.imwrite(os.path.join(out, "instances", f"{name}_{j}.png"), d.pop("mask") * 255)
         reference["images"].append({"name": name, "width": rgb.shape[1], "height": rgb.shape[0],
-                                    "detections": detections(det, det_config, rgb)})
+                                    "detections": detections(det, det_config, rgb), "instances": instances})
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump(reference, f, indent=1)
     print(f"dense reference: {len(reference['images'])} images -> {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

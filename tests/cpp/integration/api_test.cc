@@ -1,5 +1,6 @@
 // care-server end to end: the RPCs' answers for every task, the contract's status codes for bad
 // input, ListModels, health, reflection, and a model that fails to load.
+#include "server/postprocess/instance_mask.h"
 #include "tests/cpp/integration/server_harness.h"
 
 namespace careserve {
@@ -319,6 +320,9 @@ struct DenseReference {
   }
   const google::protobuf::ListValue& images() const { return json.fields().at("images").list_value(); }
   double detect(const char* key) const { return json.fields().at("detect").struct_value().fields().at(key).number_value(); }
+  double instances(const char* key) const {
+    return json.fields().at("instances").struct_value().fields().at(key).number_value();
+  }
 };
 
 // Greedy match of the server's detections to the reference's: same class, same score
@@ -443,6 +447,86 @@ TEST_F(ServerTest, DetectAndSegmentMatchTheReferenceUnderConcurrency) {
   }
 }
 
+// The column-major COCO RLE of a response, as a height x width 0/255 image.
+cv::Mat DecodeMask(const v1::CocoRle& rle) {
+  std::vector<uint32_t> runs;
+  EXPECT_EQ(rle.size_size(), 2);
+  if (rle.size_size() != 2 || !DecodeRleCounts(rle.counts(), &runs)) return cv::Mat();
+  const int height = rle.size(0), width = rle.size(1);
+  cv::Mat transposed(width, height, CV_8UC1, cv::Scalar(0));  // row x = image column x
+  int64_t at = 0, total = static_cast<int64_t>(width) * height;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    if (at + runs[i] > total) return cv::Mat();
+    if (i % 2 == 1) std::fill(transposed.data + at, transposed.data + at + runs[i], 255);
+    at += runs[i];
+  }
+  if (at != total) return cv::Mat();
+  return transposed.t();
+}
+
+TEST_F(ServerTest, DetectOnMaskRcnnAnswersTheReferencesBoxesAndMasks) {
+  const DenseReference reference = DenseReference::Load();
+  const int images = reference.images().values_size();
+  std::vector<v1::DetectRequest> requests(images);
+  std::vector<v1::DetectResponse> responses(images);
+  std::vector<grpc::Status> statuses(images);
+  std::vector<grpc::ClientContext> contexts(images);
+  absl::Mutex mu;
+  int done = 0;
+  for (int i = 0; i < images; ++i) {  // concurrent: they share batches
+    const std::string name = reference.images().values(i).struct_value().fields().at("name").string_value();
+    requests[i].set_model("care_s0_mask");
+    requests[i].mutable_image()->set_encoded(ReadFile(reference.dir + "/images/" + name + ".png"));
+    requests[i].set_score_threshold(static_cast<float>(reference.instances("score_threshold")));
+    requests[i].set_iou_threshold(static_cast<float>(reference.instances("iou_threshold")));
+    requests[i].set_max_detections(static_cast<int>(reference.instances("max_detections")));
+    stub_->async()->Detect(&contexts[i], &requests[i], &responses[i], [&, i](grpc::Status s) {
+      absl::MutexLock lock(&mu);
+      statuses[i] = std::move(s);
+      ++done;
+    });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    auto all_done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return done == images; };
+    mu.Await(absl::Condition(&all_done));
+  }
+  int masks_compared = 0;
+  for (int i = 0; i < images; ++i) {
+    const auto& ref = reference.images().values(i).struct_value().fields();
+    const std::string name = ref.at("name").string_value();
+    const int width = static_cast<int>(ref.at("width").number_value());
+    const int height = static_cast<int>(ref.at("height").number_value());
+    ASSERT_TRUE(statuses[i].ok()) << name << ": " << statuses[i].error_message();
+    const v1::DetectResponse& det = responses[i];
+    const auto& expected = ref.at("instances").list_value();
+    ASSERT_EQ(det.detections_size(), expected.values_size()) << name;
+    for (const std::string& problem : DetectionMismatches(det, expected)) ADD_FAILURE() << name << ": " << problem;
+    // Masks of matched detections: the same order (scores are distinct here) after the match above.
+    for (int j = 0; j < det.detections_size(); ++j) {
+      const auto& fields = expected.values(j).struct_value().fields();
+      if (det.detections(j).class_index() != fields.at("class_index").number_value() ||
+          std::abs(det.detections(j).score() - fields.at("score").number_value()) > 1e-4) {
+        ADD_FAILURE() << name << ": detection " << j << " is not the reference's " << j;
+        continue;
+      }
+      const v1::CocoRle& rle = det.detections(j).mask();
+      ASSERT_EQ(rle.size_size(), 2) << name;
+      EXPECT_EQ(rle.size(0), height);
+      EXPECT_EQ(rle.size(1), width);
+      const cv::Mat mask = DecodeMask(rle);
+      ASSERT_FALSE(mask.empty()) << name << " detection " << j << ": malformed RLE " << rle.counts();
+      const cv::Mat want =
+          cv::imread(reference.dir + "/instances/" + name + "_" + std::to_string(j) + ".png", cv::IMREAD_GRAYSCALE);
+      ASSERT_EQ(mask.size(), want.size()) << name;
+      const double agreement = 1.0 - cv::countNonZero(mask != want) / static_cast<double>(mask.total());
+      EXPECT_GE(agreement, 0.995) << name << " detection " << j;
+      ++masks_compared;
+    }
+  }
+  EXPECT_GE(masks_compared, 20);
+}
+
 TEST_F(ServerTest, CareClientDrawsPicturesOfTheInputsSize) {
   const DenseReference reference = DenseReference::Load();
   const std::string client = Env("CARE_CLIENT");
@@ -471,7 +555,7 @@ TEST_F(ServerTest, ListModelsReportsServedAndFailedModels) {
   ASSERT_TRUE(stub_->ListModels(&context, v1::ListModelsRequest(), &response).ok());
   std::map<std::string, v1::ModelInfo> models;
   for (const v1::ModelInfo& m : response.models()) models[m.name()] = m;
-  ASSERT_EQ(models.size(), 7u);
+  ASSERT_EQ(models.size(), 8u);
   const v1::ModelInfo& cls = models["care_s0_cls"];
   EXPECT_TRUE(cls.ready());
   EXPECT_EQ(cls.task(), "classification");
@@ -492,6 +576,8 @@ TEST_F(ServerTest, ListModelsReportsServedAndFailedModels) {
   EXPECT_TRUE(models["care_s0_seg"].ready());
   EXPECT_EQ(models["care_s0_seg"].task(), "segmentation");
   EXPECT_EQ(models["care_s0_seg"].num_classes(), 150);
+  EXPECT_TRUE(models["care_s0_mask"].ready()) << models["care_s0_mask"].error();
+  EXPECT_EQ(models["care_s0_mask"].task(), "instance_segmentation");
   const v1::ModelInfo& broken = models["broken_model"];
   EXPECT_FALSE(broken.ready());
   EXPECT_EQ(broken.versions_size(), 0);

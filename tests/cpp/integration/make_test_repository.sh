@@ -24,8 +24,10 @@ background export_dense --task detection --name care_s0_det --input-size 96 128 
   --checkpoint "${out}_checkpoints/test_retinanet.pth"
 background export_dense --task segmentation --name care_s0_seg --input-size 64 96 --max-batch-size 4 \
   --checkpoint "${out}_checkpoints/test_fpn.pth"
+background export_dense --task instance_segmentation --name care_s0_mask --input-size 128 160 --max-batch-size 4 \
+  --checkpoint "${out}_checkpoints/test_maskrcnn.pth"
 for pid in "${pids[@]}"; do wait "$pid"; done
-/usr/bin/python3 "$src/tests/tools/dense_reference.py" "$out" care_s0_det care_s0_seg "${out}_reference" 2>/dev/null
+/usr/bin/python3 "$src/tests/tools/dense_reference.py" "$out" care_s0_det care_s0_seg care_s0_mask "${out}_reference" 2>/dev/null
 mkdir -p "$out/broken_model/1"
 cat > "$out/broken_model/config.json" <<'JSON'
 {"name": "broken_model", "task": "classification", "input": {"height": 64, "width": 64},
