@@ -91,7 +91,8 @@ def test_verification_catches_a_wrong_graph():
         verify(model, other, "classification", 64, 64, 10)
 
 
-@pytest.mark.parametrize("task, count", [("classification", 1000), ("detection", 80), ("segmentation", 150)])
+@pytest.mark.parametrize("task, count", [("classification", 1000), ("detection", 80), ("segmentation", 150),
+                                         ("instance_segmentation", 80)])
 def test_shipped_label_files(task, count):
     labels = default_labels(task)
     assert len(labels) == count == len(set(labels))
@@ -100,7 +101,8 @@ def test_shipped_label_files(task, count):
 
 @pytest.mark.parametrize("task, options, classes", [
     ("detection", {"neck_channels": 32, "stacked_convs": 2}, 10),
-    ("segmentation", {"neck_channels": 32, "head_channels": 16}, 11)])
+    ("segmentation", {"neck_channels": 32, "head_channels": 16}, 11),
+    ("instance_segmentation", {"neck_channels": 32, "fc_channels": 64, "mask_channels": 16}, 12)])
 def test_narrow_dense_checkpoint_exports_with_its_own_widths(tmp_path, task, options, classes):
     torch.manual_seed(3)
     model = carevision.create_model("care_s0", task, classes, **options)
