@@ -34,6 +34,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin careserve
 COPY --from=build /src/build/care-server /src/build/care-client /usr/local/bin/
+# torchvision's operator library (nms, roi_align: Mask R-CNN models), without Python:
+# it links only LibTorch. care-server's --torchvision_ops=auto finds it here.
+COPY --from=build /usr/lib/python3/dist-packages/torchvision/_C.cpython-311-x86_64-linux-gnu.so \
+     /usr/lib/careserve/torchvision_ops.so
 COPY --from=build --chown=10001:10001 /models /models
 USER 10001
 # gRPC (care.vision.v1 and the Open Inference Protocol), metrics, HTTP (Open Inference Protocol)

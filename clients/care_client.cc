@@ -244,9 +244,18 @@ int Detect(Stubs* stubs) {
               static_cast<long long>(response.model_version()), response.detections_size(), response.image_width(),
               response.image_height());
   for (const v1::Detection& d : response.detections()) {
-    std::printf("  %6.3f  %-20s [%.1f, %.1f, %.1f, %.1f]\n", d.score(),
+    std::printf("  %6.3f  %-20s [%.1f, %.1f, %.1f, %.1f]", d.score(),
                 careserve::DisplayLabel(d.label(), d.class_index()).c_str(), d.box().x_min(),
                 d.box().y_min(), d.box().x_max(), d.box().y_max());
+    if (d.has_mask()) {
+      const cv::Mat mask = careserve::DecodeInstanceMask(d.mask());
+      if (mask.empty()) {
+        std::printf("  mask malformed");
+      } else {
+        std::printf("  mask %d px", cv::countNonZero(mask));
+      }
+    }
+    std::printf("\n");
   }
   return 0;
 }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "opencv2/imgproc.hpp"
+#include "server/postprocess/coco_rle.h"
 
 namespace careserve {
 namespace {
@@ -52,9 +53,36 @@ cv::Scalar ClassColor(int class_index) {
   return cv::Scalar(c[0], c[1], c[2]);
 }
 
+cv::Mat DecodeInstanceMask(const care::vision::v1::CocoRle& rle) {
+  std::vector<uint32_t> runs;
+  if (rle.size_size() != 2 || rle.size(0) <= 0 || rle.size(1) <= 0 || !DecodeRleCounts(rle.counts(), &runs)) {
+    return cv::Mat();
+  }
+  const int height = rle.size(0), width = rle.size(1);
+  cv::Mat columns(width, height, CV_8UC1, cv::Scalar(0));  // row x holds image column x
+  const uint64_t total = static_cast<uint64_t>(width) * height;
+  uint64_t at = 0;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    if (at + runs[i] > total) return cv::Mat();
+    if (i % 2 == 1) std::fill(columns.data + at, columns.data + at + runs[i], 255);
+    at += runs[i];
+  }
+  if (at != total) return cv::Mat();
+  return columns.t();
+}
+
 cv::Mat DrawDetections(const cv::Mat& bgr, const care::vision::v1::DetectResponse& response) {
   cv::Mat out = bgr.clone();
   const Style style = StyleFor(out);
+  for (int i = response.detections_size() - 1; i >= 0; --i) {
+    const auto& d = response.detections(i);
+    if (!d.has_mask()) continue;
+    const cv::Mat mask = DecodeInstanceMask(d.mask());
+    if (mask.size() != out.size()) continue;
+    cv::Mat tinted(out.size(), out.type(), ClassColor(d.class_index()));
+    cv::addWeighted(out, 0.5, tinted, 0.5, 0.0, tinted);
+    tinted.copyTo(out, mask);
+  }
   // Worst first, so the best boxes and labels end up on top.
   for (int i = response.detections_size() - 1; i >= 0; --i) {
     const auto& d = response.detections(i);

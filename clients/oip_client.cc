@@ -20,6 +20,7 @@ namespace {
 namespace v1 = care::vision::v1;
 using inference::ModelInferRequest;
 using inference::ModelInferResponse;
+using json = nlohmann::json;
 
 grpc::Status Invalid(const std::string& message) { return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, message); }
 grpc::Status BadAnswer(const std::string& message) {
@@ -115,6 +116,35 @@ grpc::Status OipSegmentRequest(const v1::SegmentRequest& request, ModelInferRequ
   return Start(request.model(), request.model_version(), request.image(), out);
 }
 
+// The elements of a raw BYTES tensor: each a 4-byte little-endian length, then the bytes.
+bool SplitLengthPrefixed(const std::string& raw, std::vector<std::string>* out) {
+  out->clear();
+  size_t at = 0;
+  while (at + 4 <= raw.size()) {
+    const auto* p = reinterpret_cast<const unsigned char*>(raw.data() + at);
+    const uint32_t n = p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
+    if (n > raw.size() - at - 4) return false;
+    out->push_back(raw.substr(at + 4, n));
+    at += 4 + n;
+  }
+  return at == raw.size();
+}
+
+// {"size": [h, w], "counts": "..."}: a COCO RLE object.
+bool ParseRleJson(const std::string& text, v1::CocoRle* rle) {
+  const json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!parsed.is_object() || !parsed.contains("size") || !parsed.contains("counts")) return false;
+  const json& size = parsed["size"];
+  if (!size.is_array() || size.size() != 2 || !size[0].is_number_integer() || !size[1].is_number_integer() ||
+      !parsed["counts"].is_string()) {
+    return false;
+  }
+  rle->add_size(size[0].get<int>());
+  rle->add_size(size[1].get<int>());
+  rle->set_counts(parsed["counts"].get<std::string>());
+  return true;
+}
+
 grpc::Status VisionClassifyResponse(const ModelInferResponse& response, v1::ClassifyResponse* out) {
   int64_t version = 0;
   Header(response, out->mutable_model(), &version);
@@ -122,13 +152,9 @@ grpc::Status VisionClassifyResponse(const ModelInferResponse& response, v1::Clas
   if (!AllRaw(response)) return BadAnswer("outputs not in raw form");
   const int i = Find(response, "probabilities");
   if (i < 0 || response.outputs(i).datatype() != "BYTES") return BadAnswer("no BYTES output probabilities");
-  const std::string& raw = response.raw_output_contents(i);
   std::vector<std::string> entries;
-  for (size_t at = 0; at + 4 <= raw.size();) {
-    const auto* p = reinterpret_cast<const unsigned char*>(raw.data() + at);
-    const uint32_t n = p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24);
-    entries.push_back(raw.substr(at + 4, n));
-    at += 4 + n;
+  if (!SplitLengthPrefixed(response.raw_output_contents(i), &entries)) {
+    return BadAnswer("probabilities: malformed BYTES elements");
   }
   for (const std::string& entry : entries) {
     std::vector<std::string> parts = absl::StrSplit(entry, absl::MaxSplits(':', 2));
@@ -159,6 +185,14 @@ grpc::Status VisionDetectResponse(const ModelInferResponse& response, v1::Detect
       classes.size() != scores.size()) {
     return BadAnswer("detection outputs of inconsistent sizes");
   }
+  // Mask R-CNN models add `masks`: one COCO RLE JSON object per detection.
+  const int m = Find(response, "masks");
+  std::vector<std::string> masks;
+  if (m >= 0) {
+    if (!SplitLengthPrefixed(response.raw_output_contents(m), &masks) || masks.size() != scores.size()) {
+      return BadAnswer("masks output not one BYTES element per detection");
+    }
+  }
   for (int j = 0; j < counts[0]; ++j) {
     v1::Detection* d = out->add_detections();
     d->mutable_box()->set_x_min(boxes[4 * j]);
@@ -167,6 +201,9 @@ grpc::Status VisionDetectResponse(const ModelInferResponse& response, v1::Detect
     d->mutable_box()->set_y_max(boxes[4 * j + 3]);
     d->set_class_index(classes[j]);
     d->set_score(scores[j]);
+    if (m >= 0 && !ParseRleJson(masks[j], d->mutable_mask())) {
+      return BadAnswer(absl::StrCat("masks[", j, "] is not COCO RLE JSON: ", masks[j].substr(0, 80)));
+    }
   }
   return grpc::Status::OK;
 }
@@ -220,7 +257,6 @@ std::unique_ptr<httplib::Client> MakeOipHttpClient(const std::string& host_port,
 
 namespace {
 
-using json = nlohmann::json;
 
 grpc::StatusCode CodeForHttp(int status) {
   switch (status) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "server/postprocess/coco_rle.h"
 #include "server/postprocess/detect.h"
 
 namespace careserve {
@@ -24,9 +25,5 @@ struct CocoRle {
 CocoRle PasteMask(const float* probabilities, int mask_size, const BoxDetection& box, int width, int height,
                   float threshold = 0.5f);
 
-// COCO's string form of run lengths (pycocotools' rleToString).
-std::string EncodeRleCounts(const std::vector<uint32_t>& runs);
-// Its inverse; false on a malformed string.
-bool DecodeRleCounts(const std::string& counts, std::vector<uint32_t>* runs);
 
 }  // namespace careserve

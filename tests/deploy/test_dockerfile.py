@@ -90,3 +90,26 @@ def test_runtime_stage_settings():
     with open(os.path.join(ROOT, ".dockerignore")) as f:
         ignored = f.read().split()
     assert "build/" in ignored and "models/" in ignored
+
+
+def test_runtime_stage_carries_torchvisions_operators_with_their_libraries():
+    """Mask R-CNN graphs call torchvision's nms and roi_align: the image copies the
+    library from the build stage to where --torchvision_ops=auto looks, and installs a
+    package for each library it links."""
+    runtime = dockerfile_stages()["runtime"]["lines"]
+    copies = [l.split()[-2:] for l in runtime if l.startswith("COPY --from=build") and "torchvision" in l]
+    assert len(copies) == 1, runtime
+    source, target = copies[0]
+    assert os.path.isfile(source), f"{source}: not on the build machine (python3-torchvision)"
+    assert target == "/usr/lib/careserve/torchvision_ops.so"
+    with open(os.path.join(ROOT, "server", "engine", "torch_model.cc")) as f:
+        assert f'"{target}"' in f.read(), "care-server does not look there"
+    installed = set(re.search(r"apt-get install -y --no-install-recommends (.*?)&&", " ".join(runtime))
+                    .group(1).split())
+    needed = re.findall(r"NEEDED\s+(\S+)", subprocess.run(["objdump", "-p", source], capture_output=True,
+                                                           text=True, check=True).stdout)
+    assert "libtorch_cpu.so.1.13" in needed
+    for library in needed:
+        owner = subprocess.run(["dpkg", "-S", f"*/{library}"], capture_output=True, text=True).stdout
+        packages = {line.split(":")[0] for line in owner.splitlines()}
+        assert packages & (installed | {"libc6", "libgcc-s1", "libstdc++6"}), f"{library} ({packages})"

@@ -1,6 +1,6 @@
 // care-server end to end: the RPCs' answers for every task, the contract's status codes for bad
 // input, ListModels, health, reflection, and a model that fails to load.
-#include "server/postprocess/instance_mask.h"
+#include "clients/draw.h"
 #include "tests/cpp/integration/server_harness.h"
 
 namespace careserve {
@@ -447,23 +447,6 @@ TEST_F(ServerTest, DetectAndSegmentMatchTheReferenceUnderConcurrency) {
   }
 }
 
-// The column-major COCO RLE of a response, as a height x width 0/255 image.
-cv::Mat DecodeMask(const v1::CocoRle& rle) {
-  std::vector<uint32_t> runs;
-  EXPECT_EQ(rle.size_size(), 2);
-  if (rle.size_size() != 2 || !DecodeRleCounts(rle.counts(), &runs)) return cv::Mat();
-  const int height = rle.size(0), width = rle.size(1);
-  cv::Mat transposed(width, height, CV_8UC1, cv::Scalar(0));  // row x = image column x
-  int64_t at = 0, total = static_cast<int64_t>(width) * height;
-  for (size_t i = 0; i < runs.size(); ++i) {
-    if (at + runs[i] > total) return cv::Mat();
-    if (i % 2 == 1) std::fill(transposed.data + at, transposed.data + at + runs[i], 255);
-    at += runs[i];
-  }
-  if (at != total) return cv::Mat();
-  return transposed.t();
-}
-
 TEST_F(ServerTest, DetectOnMaskRcnnAnswersTheReferencesBoxesAndMasks) {
   const DenseReference reference = DenseReference::Load();
   const int images = reference.images().values_size();
@@ -514,7 +497,7 @@ TEST_F(ServerTest, DetectOnMaskRcnnAnswersTheReferencesBoxesAndMasks) {
       ASSERT_EQ(rle.size_size(), 2) << name;
       EXPECT_EQ(rle.size(0), height);
       EXPECT_EQ(rle.size(1), width);
-      const cv::Mat mask = DecodeMask(rle);
+      const cv::Mat mask = DecodeInstanceMask(rle);
       ASSERT_FALSE(mask.empty()) << name << " detection " << j << ": malformed RLE " << rle.counts();
       const cv::Mat want =
           cv::imread(reference.dir + "/instances/" + name + "_" + std::to_string(j) + ".png", cv::IMREAD_GRAYSCALE);
@@ -547,6 +530,56 @@ TEST_F(ServerTest, CareClientDrawsPicturesOfTheInputsSize) {
       EXPECT_GT(cv::norm(picture, input, cv::NORM_L1), 0) << out << " has nothing drawn on it";
     }
   }
+}
+
+// care-client on a Mask R-CNN: each detection's mask size in the text, and the masks tinted
+// in the picture: inside the largest mask, pixels
+// change; outside every mask and box, none do.
+TEST_F(ServerTest, CareClientPrintsAndPaintsInstanceMasks) {
+  const DenseReference reference = DenseReference::Load();
+  const std::string image = reference.dir + "/images/astronaut_square_512.png";
+  const std::string out = ::testing::TempDir() + "/instances.png";
+  std::remove(out.c_str());
+  int status = -1;
+  const std::string text = RunCommand(Env("CARE_CLIENT") + " detect --server=127.0.0.1:" +
+                                          std::to_string(server_->grpc_port()) +
+                                          " --model=care_s0_mask --score_threshold=0.12 --image=" + image +
+                                          " --draw=" + out,
+                                      &status);
+  ASSERT_EQ(status, 0) << text;
+  EXPECT_TRUE(std::regex_search(text, std::regex(R"(\]  mask \d+ px)"))) << text;
+
+  v1::DetectRequest request;
+  request.set_model("care_s0_mask");
+  request.mutable_image()->set_encoded(ReadFile(image));
+  request.set_score_threshold(0.12f);
+  v1::DetectResponse response;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub_->Detect(&context, request, &response).ok());
+  ASSERT_GT(response.detections_size(), 0);
+  const cv::Mat input = cv::imread(image, cv::IMREAD_COLOR), picture = cv::imread(out, cv::IMREAD_COLOR);
+  ASSERT_EQ(picture.size(), input.size());
+  cv::Mat changed;
+  cv::reduce(cv::Mat(cv::abs(picture - input)).reshape(1, input.total()), changed, 1, cv::REDUCE_MAX);
+  changed = changed.reshape(1, input.rows) > 0;
+  cv::Mat any_mask(input.size(), CV_8UC1, cv::Scalar(0)), outlines(input.size(), CV_8UC1, cv::Scalar(0));
+  for (const v1::Detection& d : response.detections()) {
+    any_mask |= DecodeInstanceMask(d.mask());
+    // the box with a margin for anti-aliasing, and its label's strip (above the box, or
+    // inside it at the image's top; wider than a narrow box)
+    cv::rectangle(outlines, cv::Point(d.box().x_min() - 4, d.box().y_min() - 4),
+                  cv::Point(d.box().x_max() + 4, d.box().y_max() + 4), cv::Scalar(255), cv::FILLED);
+    cv::rectangle(outlines, cv::Point(d.box().x_min() - 4, d.box().y_min() - 60),
+                  cv::Point(d.box().x_min() + 400, d.box().y_min() + 60), cv::Scalar(255), cv::FILLED);
+  }
+  cv::Mat largest;
+  for (const v1::Detection& d : response.detections()) {
+    const cv::Mat mask = DecodeInstanceMask(d.mask());
+    if (largest.empty() || cv::countNonZero(mask) > cv::countNonZero(largest)) largest = mask;
+  }
+  ASSERT_GT(cv::countNonZero(largest), 100);
+  EXPECT_EQ(cv::countNonZero(largest & changed), cv::countNonZero(largest)) << "every pixel of a mask is tinted";
+  EXPECT_EQ(cv::countNonZero(changed & ~any_mask & ~outlines), 0) << "nothing drawn outside the answers";
 }
 
 TEST_F(ServerTest, ListModelsReportsServedAndFailedModels) {

@@ -309,6 +309,33 @@ TEST_F(HttpTest, DetectionAndSegmentationMatchVision) {
   }
 }
 
+// Mask R-CNN over JSON: `masks` holds one COCO RLE JSON text per detection, the RLE that
+// care.vision.v1's Detect answers; a COCO tool reads it after json.loads.
+TEST_F(HttpTest, MaskRcnnMasksAreCocoRleJson) {
+  const std::vector<cv::Mat> crops = Crops(1);
+  const std::string png = Png(crops[0]);
+  v1::DetectRequest request;
+  request.set_model("care_s0_mask");
+  *request.mutable_image() = Encoded(png);
+  request.set_score_threshold(0.12f);
+  v1::DetectResponse expected;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub_->Detect(&context, request, &expected).ok());
+  ASSERT_GT(expected.detections_size(), 0);
+  json header = ImagesHeader({png});
+  header["parameters"] = {{"score_threshold", 0.12}};
+  Answer answer = Post("/v2/models/care_s0_mask/infer", header, LengthPrefixed({png}));
+  ASSERT_EQ(answer.status, 200) << answer.body.dump();
+  EXPECT_EQ(answer.Output("masks")["datatype"], "BYTES");
+  const std::vector<std::string> masks = answer.Values<std::string>("masks");
+  ASSERT_EQ(static_cast<int>(masks.size()), expected.detections_size());
+  for (int j = 0; j < expected.detections_size(); ++j) {
+    const json rle = json::parse(masks[j]);
+    EXPECT_EQ(rle["size"], json::array({crops[0].rows, crops[0].cols}));
+    EXPECT_EQ(rle["counts"], expected.detections(j).mask().counts()) << j;
+  }
+}
+
 TEST_F(HttpTest, BadRequestsGetTheirHttpStatus) {
   const std::string png = Png(Crops(1)[0]);
   const std::string infer = "/v2/models/care_s0_cls/infer";

@@ -76,6 +76,18 @@ std::vector<int32_t> Ints(const oip::ModelInferResponse& response, const std::st
   return values;
 }
 
+std::vector<std::string> Strings(const oip::ModelInferResponse& response, const std::string& name) {
+  const int i = OutputIndex(response, name);
+  EXPECT_GE(i, 0) << "no output " << name;
+  if (i < 0) return {};
+  EXPECT_EQ(response.outputs(i).datatype(), "BYTES") << name;
+  if (response.raw_output_contents_size() == 0) {
+    const auto& typed = response.outputs(i).contents().bytes_contents();
+    return {typed.begin(), typed.end()};
+  }
+  return SplitLengthPrefixed(response.raw_output_contents(i));
+}
+
 class OipTest : public ServerTest {
  protected:
   void SetUp() override {
@@ -134,9 +146,15 @@ TEST_F(OipTest, ServerAndModelMetadataDescribeTheModels) {
         {"scores", {"FP32", {-1, -1}}},
         {"classes", {"INT32", {-1, -1}}},
         {"num_detections", {"INT32", {-1}}}}},
-      {"care_s0_seg", {{"mask", {"UINT8", {-1, -1, -1}}}}}};
+      {"care_s0_seg", {{"mask", {"UINT8", {-1, -1, -1}}}}},
+      {"care_s0_mask",
+       {{"boxes", {"FP32", {-1, -1, 4}}},
+        {"scores", {"FP32", {-1, -1}}},
+        {"classes", {"INT32", {-1, -1}}},
+        {"num_detections", {"INT32", {-1}}},
+        {"masks", {"BYTES", {-1, -1}}}}}};
   const std::map<std::string, std::vector<int64_t>> input_sizes = {
-      {"care_s0_cls", {64, 64}}, {"care_s0_det", {96, 128}}, {"care_s0_seg", {64, 96}}};
+      {"care_s0_cls", {64, 64}}, {"care_s0_det", {96, 128}}, {"care_s0_seg", {64, 96}}, {"care_s0_mask", {128, 160}}};
   for (const Expected& expected : models) {
     for (const std::string& version : {std::string(), std::string("1")}) {
       oip::ModelMetadataRequest request;
@@ -430,6 +448,58 @@ TEST_F(OipTest, DetectionAndSegmentationMatchVision) {
   const grpc::Status sizes = Infer(ImageRequest("care_s0_seg", {Png(a), pngs[1]}, false), &response);
   EXPECT_EQ(sizes.error_code(), StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(sizes.error_message().find("150x100"), std::string::npos) << sizes.error_message();
+}
+
+// Mask R-CNN: the detection outputs plus `masks`, one COCO RLE JSON object per detection
+// ({"size": [h, w], "counts": ...}), the same RLE that care.vision.v1's Detect answers.
+TEST_F(OipTest, MaskRcnnMasksMatchVision) {
+  const std::vector<cv::Mat> crops = Crops(2);
+  std::vector<std::string> pngs;
+  std::vector<v1::DetectResponse> expected;
+  for (const cv::Mat& crop : crops) {
+    pngs.push_back(Png(crop));
+    v1::DetectRequest request;
+    request.set_model("care_s0_mask");
+    *request.mutable_image() = Encoded(pngs.back());
+    request.set_score_threshold(0.12f);
+    v1::DetectResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub_->Detect(&context, request, &response).ok());
+    expected.push_back(response);
+  }
+  ASSERT_GT(expected[0].detections_size() + expected[1].detections_size(), 0);
+  const std::regex rle_json(R"re(\{"size":\[(\d+),(\d+)\],"counts":"((?:[^"\\]|\\.)*)"\})re");
+  for (bool typed : {false, true}) {
+    SCOPED_TRACE(typed ? "typed" : "raw");
+    oip::ModelInferRequest request = ImageRequest("care_s0_mask", pngs, typed);
+    (*request.mutable_parameters())["score_threshold"].set_double_param(0.12);
+    oip::ModelInferResponse response;
+    const grpc::Status status = Infer(request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    const std::vector<int32_t> counts = Ints(response, "num_detections");
+    const std::vector<std::string> masks = Strings(response, "masks");
+    const std::vector<int64_t> shape = Shape(response, "masks");
+    ASSERT_EQ(shape.size(), 2u);
+    ASSERT_EQ(counts.size(), 2u);
+    const int64_t k = shape[1];
+    ASSERT_EQ(masks.size(), static_cast<size_t>(2 * k));
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_EQ(counts[i], expected[i].detections_size());
+      for (int j = 0; j < k; ++j) {
+        const std::string& mask = masks[i * k + j];
+        if (j >= counts[i]) {
+          EXPECT_EQ(mask, "") << "rows past an image's count are empty";
+          continue;
+        }
+        std::smatch m;
+        ASSERT_TRUE(std::regex_match(mask, m, rle_json)) << mask;
+        const v1::CocoRle& want = expected[i].detections(j).mask();
+        EXPECT_EQ(std::stoi(m[1]), want.size(0));
+        EXPECT_EQ(std::stoi(m[2]), want.size(1));
+        EXPECT_EQ(std::regex_replace(m[3].str(), std::regex(R"(\\(.))"), "$1"), want.counts()) << i << "/" << j;
+      }
+    }
+  }
 }
 
 TEST_F(OipTest, BadRequestsGetTheContractsStatusCodes) {
