@@ -24,6 +24,18 @@ BUILD = os.path.join(ROOT, os.environ.get("BUILD_DIR", "build"))
 PYTHON = "/usr/bin/python3"
 CLASSIFIER = "care_s0_imagenet"
 MODELS = {"classify": CLASSIFIER, "detect": "care_s0_retinanet_coco", "segment": "care_s0_fpn_ade20k"}
+# Mask R-CNN with mmdetection's widths (neck 256, box FCs 1024, mask convs 256) at 512x512:
+# random weights whose class layer is widened so that every image yields the cap of 100
+# detections, each with its mask: the cost of a full answer (an untrained head finds nothing).
+MASK_RCNN = "care_s0_maskrcnn_coco_full"
+MASK_RCNN_CONCURRENCY = [1, 4, 16]
+MASK_RCNN_CHECKPOINT = """
+import sys, torch, carevision
+torch.manual_seed(0)
+state = carevision.create_model("care_s0", "instance_segmentation").state_dict()
+state["roi_head.bbox_head.fc_cls.weight"].mul_(40)
+torch.save(state, sys.argv[1])
+"""
 
 
 def log(*args):
@@ -78,6 +90,13 @@ class Settings:
 
 def export(settings):
     run(["bash", os.path.join(ROOT, "scripts", "default_repository.sh"), settings.repository])
+    model_env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model"))
+    if not os.path.isfile(os.path.join(settings.repository, MASK_RCNN, "1", "model.pt")):
+        checkpoint = os.path.join(BUILD, "bench_maskrcnn_full.pth")
+        run([PYTHON, "-c", MASK_RCNN_CHECKPOINT, checkpoint], env=model_env)
+        run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--task", "instance_segmentation",
+             "--out", settings.repository, "--name", MASK_RCNN, "--version", "1", "--input-size", "512", "512",
+             "--checkpoint", checkpoint, "--max-batch-size", "4"], env=model_env)
     stock = os.path.join(BUILD, "bench_stock_repository")
     if not os.path.isfile(os.path.join(stock, "care_s0_stock", "1", "model.pt")):
         run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--out", stock, "--name", "care_s0_stock",
@@ -789,6 +808,12 @@ def main():
         ort_pairs = paired_ort(settings, server, ort_info, ort_rows)
         log("protocols: care.vision.v1, Open Inference Protocol over gRPC and HTTP")
         protocol_rows = protocol_overhead(settings, server)
+        mask_rows = []
+        for c in MASK_RCNN_CONCURRENCY[:1] if settings.smoke else MASK_RCNN_CONCURRENCY:
+            log(f"Mask R-CNN detect 640x480 concurrency {c}")
+            r = load(settings, server.port, "detect", MASK_RCNN, c, "640x480")
+            r["size"] = "640x480"
+            mask_rows.append(r)
     finally:
         server.stop()
     log("care-server --engine_runners=1")
@@ -937,6 +962,15 @@ def main():
         report += [f"### {task}, {size} JPEG", "", f"Command: `{rows[-1]['command']}` (and the other concurrencies)",
                    "", *table_load(rows), ""]
     report += [
+        "### Mask R-CNN: detect with instance masks, 640x480 JPEG",
+        "",
+        f"CARE-S0 Mask R-CNN with mmdetection's widths at 512x512 (`{MASK_RCNN}`, `max_batch_size` 4): random "
+        "weights with the class layer widened so that every image yields the cap of 100 detections, so each "
+        "answer carries 100 boxes and 100 masks pasted at 640x480 and RLE-encoded (an untrained head would find "
+        f"nothing and skip the mask head). Command: `{mask_rows[-1]['command']}` (and the other concurrencies).",
+        "",
+        *table_load(mask_rows),
+        "",
         "### By protocol: care.vision.v1 and the Open Inference Protocol",
         "",
         "The same Classify load (CARE-S0, 224x224 JPEG) as care.vision.v1 `Classify`, as Open Inference Protocol "

@@ -13,7 +13,7 @@ NMS and RoIAlign are torchvision's operators (`torch.ops.torchvision.*`); the se
 loads torchvision's operator library to run the graph.
 """
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -109,19 +109,33 @@ class RPNHead(nn.Module):
         self.register_buffer("base_anchors", torch.stack([rpn_base_anchors(s) for s in self.strides]),
                              persistent=False)
 
-    def forward(self, features: List[torch.Tensor], height: int, width: int) -> List[torch.Tensor]:
-        """The proposals of each image, [P, 4] by descending objectness (at most max_per_img)."""
+    def forward_levels(self, features: List[torch.Tensor]
+                       ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
+        """Per level: objectness logits [N, HWA], deltas [N, HWA, 4], anchors [HWA, 4]
+        (location-major, anchor-minor)."""
         n = features[0].shape[0]
-        level_scores: List[torch.Tensor] = []
+        level_logits: List[torch.Tensor] = []
         level_deltas: List[torch.Tensor] = []
         level_anchors: List[torch.Tensor] = []
         for i, x in enumerate(features):
             x = F.relu(self.rpn_conv(x))
-            level_scores.append(self.rpn_cls(x).permute(0, 2, 3, 1).reshape(n, -1).sigmoid())
+            level_logits.append(self.rpn_cls(x).permute(0, 2, 3, 1).reshape(n, -1))
             level_deltas.append(self.rpn_reg(x).permute(0, 2, 3, 1).reshape(n, -1, 4))
             level_anchors.append(grid_anchors(self.base_anchors[i], x.shape[2], x.shape[3], self.strides[i]))
+        return level_logits, level_deltas, level_anchors
+
+    def forward(self, features: List[torch.Tensor], sizes: List[Tuple[int, int]]) -> List[torch.Tensor]:
+        """The proposals of each image, [P, 4] by descending objectness (at most max_per_img),
+        clipped to its (height, width) in `sizes`."""
+        level_logits, level_deltas, level_anchors = self.forward_levels(features)
+        return self.proposals([s.sigmoid() for s in level_logits], level_deltas, level_anchors, sizes)
+
+    def proposals(self, level_scores: List[torch.Tensor], level_deltas: List[torch.Tensor],
+                  level_anchors: List[torch.Tensor], sizes: List[Tuple[int, int]]) -> List[torch.Tensor]:
+        n = level_scores[0].shape[0]
         proposals: List[torch.Tensor] = []
         for b in range(n):
+            height, width = sizes[b]
             boxes: List[torch.Tensor] = []
             scores: List[torch.Tensor] = []
             groups: List[torch.Tensor] = []
@@ -222,7 +236,7 @@ class RoIHead(nn.Module):
         keep = batched_nms(boxes, scores, labels, self.iou_threshold)[:self.max_per_img]
         return boxes[keep], scores[keep], labels[keep]
 
-    def forward(self, features: List[torch.Tensor], proposals: List[torch.Tensor], height: int, width: int
+    def forward(self, features: List[torch.Tensor], proposals: List[torch.Tensor], sizes: List[Tuple[int, int]]
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         n = len(proposals)
         rois = torch.cat([torch.cat([torch.full_like(p[:, :1], float(b)), p], dim=1)
@@ -236,7 +250,8 @@ class RoIHead(nn.Module):
         start = 0
         for b, p in enumerate(proposals):
             end = start + p.shape[0]
-            boxes, scores, labels = self.detect(cls_score[start:end], bbox_pred[start:end], p, height, width)
+            boxes, scores, labels = self.detect(cls_score[start:end], bbox_pred[start:end], p, sizes[b][0],
+                                                sizes[b][1])
             start = end
             k = boxes.shape[0]
             out_boxes[b, :k] = boxes
@@ -272,8 +287,22 @@ class MaskRCNN(nn.Module):
         self.rpn_head = RPNHead(neck_channels, neck_channels)
         self.roi_head = RoIHead(num_classes, neck_channels, fc_channels, mask_channels)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        height, width = x.shape[2], x.shape[3]
+    def forward(self, x: torch.Tensor, image_sizes: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`image_sizes` [N, 2] (height, width): the image's extent in `x` from the top-left
+        corner, the rest padding (mmdetection's img_shape); boxes are clipped to it. By
+        default the whole input."""
+        sizes = image_sizes_list(x, image_sizes)
         features = self.neck(self.backbone.forward_features(x))
-        proposals = self.rpn_head(features, height, width)
-        return self.roi_head(features[:4], proposals, height, width)
+        proposals = self.rpn_head(features, sizes)
+        return self.roi_head(features[:4], proposals, sizes)
+
+
+def image_sizes_list(x: torch.Tensor, image_sizes: Optional[torch.Tensor]) -> List[Tuple[int, int]]:
+    sizes: List[Tuple[int, int]] = []
+    for b in range(x.shape[0]):
+        if image_sizes is None:
+            sizes.append((x.shape[2], x.shape[3]))
+        else:
+            sizes.append((int(image_sizes[b, 0]), int(image_sizes[b, 1])))
+    return sizes

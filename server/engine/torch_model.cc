@@ -131,11 +131,16 @@ absl::StatusOr<std::unique_ptr<TorchModel>> TorchModel::Load(const std::string& 
   return std::unique_ptr<TorchModel>(new TorchModel(std::move(impl)));
 }
 
-absl::StatusOr<BatchOutputs> TorchModel::Run(float* input, int batch, int height, int width) const {
+absl::StatusOr<BatchOutputs> TorchModel::Run(float* input, int batch, int height, int width,
+                                              const std::vector<int64_t>* image_sizes) const {
   try {
     c10::InferenceMode inference;
     torch::Tensor x = torch::from_blob(input, {batch, 3, height, width}, torch::kFloat32);
-    c10::IValue result = impl_->module.forward({x});
+    std::vector<c10::IValue> arguments{x};
+    if (image_sizes != nullptr) {
+      arguments.emplace_back(torch::tensor(*image_sizes, torch::kInt64).reshape({batch, 2}));
+    }
+    c10::IValue result = impl_->module.forward(std::move(arguments));
     auto tensors = std::make_shared<std::vector<torch::Tensor>>();
     if (result.isTuple()) {
       for (const c10::IValue& element : result.toTupleRef().elements()) {

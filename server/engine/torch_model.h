@@ -69,8 +69,11 @@ class TorchModel {
 
   // Runs the network on `batch` images stored as float32 NCHW at `input` (owned by the
   // caller, not copied, not modified), on the calling thread with its intra-op threads
-  // (the scheduler's engine threads: openmp_threads.h). Thread-safe.
-  absl::StatusOr<BatchOutputs> Run(float* input, int batch, int height, int width) const;
+  // (the scheduler's engine threads: openmp_threads.h). Thread-safe. `image_sizes`, when
+  // given, is [batch, 2] (height, width): each image's extent in its letterboxed input,
+  // passed to the model as a second argument (Mask R-CNN clips its boxes to it).
+  absl::StatusOr<BatchOutputs> Run(float* input, int batch, int height, int width,
+                                   const std::vector<int64_t>* image_sizes = nullptr) const;
 
  private:
   struct Impl;

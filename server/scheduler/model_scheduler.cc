@@ -69,7 +69,18 @@ void ModelScheduler::RunBatch(Batch batch) {
       NormalizeInto(request.image(), spec_.input, buffer->data() + i * image_floats);
     }
   }
-  absl::StatusOr<BatchOutputs> outputs = model_->Run(buffer->data(), n, spec_.input.height, spec_.input.width);
+  // Mask R-CNN clips its boxes to each image's part of the letterbox (mmdetection's img_shape).
+  std::vector<int64_t> image_sizes;
+  if (spec_.task == Task::kInstanceSegmentation) {
+    for (int i = 0; i < n; ++i) {
+      const auto& request = static_cast<const InferenceRequest&>(*batch[i].task);
+      const bool tensor = request.tensor().size() == image_floats;
+      image_sizes.push_back(tensor ? spec_.input.height : request.image().height);
+      image_sizes.push_back(tensor ? spec_.input.width : request.image().width);
+    }
+  }
+  absl::StatusOr<BatchOutputs> outputs = model_->Run(buffer->data(), n, spec_.input.height, spec_.input.width,
+                                                     image_sizes.empty() ? nullptr : &image_sizes);
   ReturnBuffer(std::move(buffer));
   metrics_->inference_seconds->Observe(absl::ToDoubleSeconds(absl::Now() - start));
   metrics_->batch_size->Observe(n);

@@ -94,6 +94,29 @@ def test_mmdet_named_checkpoint_loads_strictly_and_torchscript_equals_eager(arch
     assert rel <= 1e-4, (diff, rel)
 
 
+def test_image_sizes_clip_every_box_as_mmdetections_img_shape():
+    """The letterboxed image fills the top-left (h, w) of the input: proposals and
+    detections are clipped to it, not to the padding; TorchScript takes the sizes too."""
+    torch.manual_seed(0)
+    model = _confident(carevision.create_model("care_s0", "instance_segmentation", 5, neck_channels=32,
+                                               fc_channels=64, mask_channels=16))
+    x = torch.randn(2, 3, H, W)
+    sizes = torch.tensor([[H, 70], [90, W]])
+    x[0, :, :, 70:] = 0
+    x[1, :, 90:, :] = 0
+    scripted = script_and_freeze(inference_copy(model)[0])
+    with torch.no_grad():
+        eager = model(x, sizes)
+        graph = scripted(x, sizes)
+        full = model(x)
+    boxes, _, labels, _ = eager
+    assert (labels >= 0).any()
+    assert boxes[0, :, 0::2].max() <= 70 and boxes[1, :, 1::2].max() <= 90
+    assert (full[0][0, :, 0::2].max() > 70) or (full[0][1, :, 1::2].max() > 90), "nothing to clip"
+    diff, rel = compare("instance_segmentation", eager, graph, H, W, 5)
+    assert rel <= 1e-4, (diff, rel)
+
+
 def test_broken_checkpoints_are_named(tmp_path):
     torch.manual_seed(0)
     sd = carevision.create_model("care_s0", "instance_segmentation").state_dict()
@@ -189,3 +212,16 @@ def test_instance_comparison_catches_real_differences():
     labels = out[2].clone()
     labels[0, 0] = (labels[0, 0] + 1) % 5
     assert compare("instance_segmentation", out, (out[0], out[1], labels, out[3]), 64, 64, 5)[1] > 1e-4
+
+
+def test_demo_evaluations_rle_decoder_reads_cocos_strings():
+    """The evaluation's own decoder (written from the format, apart from the server's C++)
+    on strings worked out by hand, also in tests/cpp/postprocess/instance_mask_test.cc."""
+    from carevision.demo.evaluate import decode_rle
+    assert decode_rle([1, 1], "01").tolist() == [[True]]
+    # runs 10, 10, 20, 5 of a 5x9 image, column-major: rows 0-4 of columns 0-1 off, ...
+    mask = decode_rle([5, 9], "::d0K")
+    flat = mask.T.reshape(-1)
+    assert flat[:10].sum() == 0 and flat[10:20].all() and flat[20:40].sum() == 0 and flat[40:45].all()
+    with pytest.raises(ValueError):
+        decode_rle([5, 5], "::d0K")

@@ -26,7 +26,7 @@ SKIMAGE = "/usr/lib/python3/dist-packages/skimage/data"
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
 DETECT = {"score_threshold": 0.33, "iou_threshold": 0.5, "max_detections": 40}
-INSTANCES = {"score_threshold": 0.12, "iou_threshold": 0.45, "max_detections": 30}
+INSTANCES = {"score_threshold": 0.6, "iou_threshold": 0.45, "max_detections": 100}
 
 
 def photo(name):
@@ -82,7 +82,9 @@ def detections(model, config, rgb, params=DETECT):
     height, width = config["input"]["height"], config["input"]["width"]
     x, scale, new_w, new_h = letterbox(rgb, height, width)
     with torch.no_grad():
-        outputs = [t[0] for t in model(x)]
+        # Mask R-CNN takes the image's extent in the letterbox (its boxes are clipped to it)
+        extra = (torch.tensor([[new_h, new_w]]),) if config["task"] == "instance_segmentation" else ()
+        outputs = [t[0] for t in model(x, *extra)]
     boxes, scores, labels = outputs[:3]
     masks = outputs[3] if len(outputs) > 3 else None
     keep = (scores > params["score_threshold"]) & (labels >= 0)

@@ -29,7 +29,7 @@ def main(out: str) -> None:
     # layer so that some RoIs clear the 0.05 score, wide mask logits so masks have shape.
     mask = create_model("care_s0", "instance_segmentation", neck_channels=64, fc_channels=256,
                         mask_channels=64).state_dict()
-    mask["roi_head.bbox_head.fc_cls.weight"].normal_(0.0, 0.3)
+    mask["roi_head.bbox_head.fc_cls.weight"].normal_(0.0, 1.0)
     mask["roi_head.bbox_head.fc_cls.bias"].normal_(0.0, 1.0)
     mask["roi_head.bbox_head.fc_reg.weight"].normal_(0.0, 0.01)
     mask["roi_head.mask_head.conv_logits.weight"].normal_(0.0, 6.0)

@@ -11,6 +11,9 @@ postprocessing).
   threshold (0.05) and detection cap.
 - segmentation: mIoU over the 11 classes (background + 10) on the same scenes, from the
   server's mask PNGs.
+- instance_segmentation: the Mask R-CNN's box mAP@0.5 as for detection, and its mask
+  AP@0.5 the same way with mask IoU (each detection's COCO RLE decoded here against the
+  item's own pixels), on the same scenes.
 """
 import argparse
 import json
@@ -29,6 +32,7 @@ from . import fashion
 CLASSIFIER = "care_s0_fashion"
 DETECTOR = "care_s0_retinanet_fashion"
 SEGMENTER = "care_s0_fpn_fashion"
+INSTANCES = "care_s0_maskrcnn_fashion"
 _CLIENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "clients", "python")
 
 
@@ -85,35 +89,106 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
-def detection_map(stub, pb, scenes: List[fashion.Scene], model: str = DETECTOR, iou_threshold: float = 0.5,
-                  concurrency: int = 4) -> Dict:
-    def one(scene: fashion.Scene):
-        response = stub.Detect(pb.DetectRequest(model=model, image=pb.Image(encoded=png(scene.image))), timeout=60)
-        return [((d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max), d.class_index, d.score)
-                for d in response.detections]
-    results = _map(one, scenes, concurrency)
+def decode_rle(size: Sequence[int], counts: str) -> np.ndarray:
+    """A COCO compressed RLE (pycocotools' format) as an [h, w] bool mask."""
+    runs, p = [], 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(counts[p]) - 48
+            x |= (c & 0x1f) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    h, w = size
+    flat = np.zeros(h * w, bool)
+    at = 0
+    for i, run in enumerate(runs):
+        if i % 2:
+            flat[at:at + run] = True
+        at += run
+    if at != h * w:
+        raise ValueError(f"RLE covers {at} pixels, not {h}x{w}")
+    return flat.reshape(w, h).T  # column-major
+
+
+def _average_precisions(scenes, results, overlaps, iou_threshold: float) -> Dict[str, float]:
+    """Per class: each scene's detections of the class, best first, matched greedily to
+    its unmatched objects of the class by `overlaps(scene, detection, objects)`."""
     per_class = {}
     for c in range(10):
         scores, matched, positives = [], [], 0
         for scene, detections in zip(scenes, results):
-            gt = scene.boxes[scene.labels == c]
-            positives += len(gt)
+            objects = np.nonzero(scene.labels == c)[0]
+            positives += len(objects)
             mine = sorted([d for d in detections if d[1] == c], key=lambda d: -d[2])
-            taken = np.zeros(len(gt), bool)
-            for box, _, score in mine:
+            taken = np.zeros(len(objects), bool)
+            for detection in mine:
                 hit = False
-                if len(gt):
-                    ious = iou_matrix(np.array([box], np.float32), gt)[0]
+                if len(objects):
+                    ious = overlaps(scene, detection, objects)
                     ious[taken] = -1
                     best = int(ious.argmax())
                     if ious[best] >= iou_threshold:
                         taken[best] = hit = True
-                scores.append(score)
+                scores.append(detection[2])
                 matched.append(hit)
         per_class[fashion.LABELS[c]] = average_precision(np.array(scores), np.array(matched, bool), positives)
-    aps = [v for v in per_class.values() if not np.isnan(v)]
+    return per_class
+
+
+def _box_overlaps(scene, detection, objects):
+    return iou_matrix(np.array([detection[0]], np.float32), scene.boxes[objects])[0]
+
+
+def _detect_all(stub, pb, scenes, model: str, concurrency: int, masks: bool = False):
+    def one(scene: fashion.Scene):
+        response = stub.Detect(pb.DetectRequest(model=model, image=pb.Image(encoded=png(scene.image))), timeout=60)
+        return [((d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max), d.class_index, d.score,
+                 decode_rle(d.mask.size, d.mask.counts) if masks else None)
+                for d in response.detections]
+    return _map(one, scenes, concurrency)
+
+
+def _mean(per_class: Dict[str, float]) -> float:
+    return float(np.mean([v for v in per_class.values() if not np.isnan(v)]))
+
+
+def detection_map(stub, pb, scenes: List[fashion.Scene], model: str = DETECTOR, iou_threshold: float = 0.5,
+                  concurrency: int = 4) -> Dict:
+    results = _detect_all(stub, pb, scenes, model, concurrency)
+    per_class = _average_precisions(scenes, results, _box_overlaps, iou_threshold)
     return {"scenes": len(scenes), "objects": int(sum(len(s.boxes) for s in scenes)),
-            "map50": float(np.mean(aps)), "per_class_ap50": per_class}
+            "map50": _mean(per_class), "per_class_ap50": per_class}
+
+
+def instance_map(stub, pb, scenes: List[fashion.Scene], model: str = INSTANCES, iou_threshold: float = 0.5,
+                 concurrency: int = 4) -> Dict:
+    """Box mAP@0.5 and mask AP@0.5 (COCO's segm metric at IoU 0.5) of a Mask R-CNN."""
+    results = _detect_all(stub, pb, scenes, model, concurrency, masks=True)
+
+    def mask_overlaps(scene, detection, objects):
+        mask = detection[3]
+        if mask.shape != scene.mask.shape:
+            raise RuntimeError(f"mask of shape {mask.shape}, expected {scene.mask.shape}")
+        ious = []
+        for k in objects:
+            x0, y0, x1, y1 = scene.boxes[k].astype(int)
+            item = np.zeros_like(mask)
+            item[y0:y1, x0:x1] = scene.mask[y0:y1, x0:x1] == scene.labels[k] + 1
+            inter = np.logical_and(mask, item).sum()
+            ious.append(inter / max(np.logical_or(mask, item).sum(), 1))
+        return np.array(ious)
+    boxes = _average_precisions(scenes, results, _box_overlaps, iou_threshold)
+    masks = _average_precisions(scenes, results, mask_overlaps, iou_threshold)
+    return {"scenes": len(scenes), "objects": int(sum(len(s.boxes) for s in scenes)),
+            "box_map50": _mean(boxes), "mask_map50": _mean(masks),
+            "per_class_box_ap50": boxes, "per_class_mask_ap50": masks}
 
 
 def segmentation_miou(stub, pb, scenes: List[fashion.Scene], model: str = SEGMENTER, concurrency: int = 4) -> Dict:
@@ -153,6 +228,10 @@ def evaluate(server: str, images: int, scenes: int, seed: int, tasks: Sequence[s
             t0 = time.time()
             report["segmentation"] = segmentation_miou(stub, pb, test_scenes)
             report["segmentation"]["seconds"] = round(time.time() - t0, 1)
+        if "instance_segmentation" in tasks:
+            t0 = time.time()
+            report["instance_segmentation"] = instance_map(stub, pb, test_scenes)
+            report["instance_segmentation"]["seconds"] = round(time.time() - t0, 1)
     return report
 
 
@@ -163,7 +242,8 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=10000, help="test images for classification")
     p.add_argument("--scenes", type=int, default=1000, help="test scenes for detection and segmentation")
     p.add_argument("--seed", type=int, default=2024, help="seed of the test scenes")
-    p.add_argument("--tasks", nargs="+", default=["classification", "detection", "segmentation"])
+    p.add_argument("--tasks", nargs="+",
+                   default=["classification", "detection", "segmentation", "instance_segmentation"])
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
     report = evaluate(args.server, args.images, args.scenes, args.seed, args.tasks)

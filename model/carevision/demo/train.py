@@ -35,7 +35,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou, sigmoid_focal_loss
+from torchvision.ops import box_iou, roi_align, sigmoid_focal_loss
 
 from .. import create_model
 from ..checkpoint import as_backbone_seed
@@ -51,7 +51,7 @@ SEED_SIZE = 32
 DETECTION_HEAD = {"neck_channels": 64, "stacked_convs": 2}
 SEGMENTATION_HEAD = {"neck_channels": 64, "head_channels": 64}
 FILES = {"classification": "care_s0_fashion.pth", "detection": "care_s0_retinanet_fashion.pth",
-         "segmentation": "care_s0_fpn_fashion.pth"}
+         "segmentation": "care_s0_fpn_fashion.pth", "instance_segmentation": "care_s0_maskrcnn_fashion.pth"}
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "weights")
 
 
@@ -199,6 +199,119 @@ def retinanet_loss(model, inputs: torch.Tensor, scenes: List[fashion.Scene]) -> 
     return (sum(cls_losses) + sum(reg_losses)) / norm
 
 
+def instance_masks(scene: fashion.Scene) -> torch.Tensor:
+    """[K, H, W] float: each item's own pixels (items never share a box: fashion.py)."""
+    masks = torch.zeros((len(scene.boxes),) + scene.mask.shape)
+    for k, (box, label) in enumerate(zip(scene.boxes.astype(int), scene.labels)):
+        x0, y0, x1, y1 = box
+        masks[k, y0:y1, x0:x1] = torch.from_numpy(scene.mask[y0:y1, x0:x1] == label + 1).float()
+    return masks
+
+
+def sample(positive: torch.Tensor, negative: torch.Tensor, count: int, positive_fraction: float,
+           generator: torch.Generator):
+    """mmdetection's RandomSampler: up to count * fraction positives, negatives fill the rest."""
+    pos = positive.nonzero()[:, 0]
+    neg = negative.nonzero()[:, 0]
+    pos = pos[torch.randperm(len(pos), generator=generator)[:int(count * positive_fraction)]]
+    neg = neg[torch.randperm(len(neg), generator=generator)[:count - len(pos)]]
+    return pos, neg
+
+
+MASK_RCNN_HEAD = {"neck_channels": 64, "fc_channels": 256, "mask_channels": 64}
+RCNN_SAMPLES = 128
+MASK_SAMPLES = 16
+MASK_RCNN_BATCH = 8
+_sampling = torch.Generator().manual_seed(0)
+
+
+def mask_rcnn_loss(model, inputs: torch.Tensor, scenes: List[fashion.Scene]) -> torch.Tensor:
+    """mmdetection's Mask R-CNN training losses (mask_rcnn_r50_fpn_1x_coco's train_cfg):
+    RPN: IoU >= 0.7 positive, < 0.3 negative, each box's best anchor positive (IoU >= 0.3),
+    256 samples (half positive at most), BCE + L1 on deltas. R-CNN: proposals plus the
+    boxes themselves, IoU >= 0.5 positive, RCNN_SAMPLES samples (a quarter positive; 512
+    in mmdetection, fewer here: scenes hold at most 4 items), cross-entropy (background
+    last) + L1 on class-specific deltas (stds 0.1/0.1/0.2/0.2); masks of MASK_SAMPLES
+    positives: BCE on the box's class channel against the item's pixels cropped to the RoI
+    at 28x28."""
+    n, _, height, width = inputs.shape
+    features = model.neck(model.backbone.forward_features(inputs))
+    rpn = model.rpn_head
+    roi = model.roi_head
+    logits, deltas, anchors = rpn.forward_levels(features)
+    with torch.no_grad():
+        proposals = rpn.proposals([s.detach().sigmoid() for s in logits], [d.detach() for d in deltas],
+                                  anchors, [(height, width)] * n)
+    logits, deltas, anchors = torch.cat(logits, 1), torch.cat(deltas, 1), torch.cat(anchors, 0)
+    stds = roi.delta_stds
+    rpn_cls, rpn_reg, rois, roi_labels, roi_targets, roi_gt = [], [], [], [], [], []
+    for i, scene in enumerate(scenes):
+        gt = torch.from_numpy(scene.boxes)
+        labels = torch.from_numpy(scene.labels)
+        iou = box_iou(gt, anchors) if len(gt) else torch.zeros(0, len(anchors))
+        best_iou, best_gt = iou.max(dim=0) if len(gt) else (torch.zeros(len(anchors)), torch.zeros(len(anchors), dtype=torch.long))
+        positive = best_iou >= 0.7
+        negative = best_iou < 0.3
+        if len(gt):
+            gt_best_iou, gt_best_anchor = iou.max(dim=1)
+            for g in range(len(gt)):
+                if gt_best_iou[g] >= 0.3:
+                    ties = (iou[g] == gt_best_iou[g]).nonzero()[:, 0]
+                    positive[ties], negative[ties], best_gt[ties] = True, False, g
+        pos, neg = sample(positive, negative, 256, 0.5, _sampling)
+        chosen = torch.cat([pos, neg])
+        target = torch.zeros(len(chosen))
+        target[:len(pos)] = 1
+        rpn_cls.append(F.binary_cross_entropy_with_logits(logits[i, chosen], target, reduction="sum"))
+        if len(pos):
+            rpn_reg.append(F.l1_loss(deltas[i, pos], encode_deltas(anchors[pos], gt[best_gt[pos]]), reduction="sum"))
+        # R-CNN samples
+        boxes = torch.cat([proposals[i], gt]) if len(gt) else proposals[i]
+        if len(gt):
+            iou = box_iou(boxes, gt)
+            best, assigned = iou.max(dim=1)
+        else:
+            best, assigned = torch.zeros(len(boxes)), torch.zeros(len(boxes), dtype=torch.long)
+        pos, neg = sample(best >= 0.5, best < 0.5, RCNN_SAMPLES, 0.25, _sampling)
+        chosen = torch.cat([pos, neg])
+        rois.append(torch.cat([torch.full((len(chosen), 1), float(i)), boxes[chosen]], dim=1))
+        cls = torch.full((len(chosen),), roi.num_classes, dtype=torch.long)
+        if len(pos):
+            cls[:len(pos)] = labels[assigned[pos]]
+        roi_labels.append(cls)
+        roi_targets.append(encode_deltas(boxes[pos], gt[assigned[pos]]) / stds if len(pos) else torch.zeros(0, 4))
+        roi_gt.append((pos, assigned[pos], boxes[pos], instance_masks(scene)))
+    rpn_loss = (sum(rpn_cls) + sum(rpn_reg)) / (256 * n)
+    rois = torch.cat(rois)
+    roi_labels = torch.cat(roi_labels)
+    cls_score, bbox_pred = roi.bbox_head(roi.bbox_roi_extractor(features[:4], rois))
+    cls_loss = F.cross_entropy(cls_score, roi_labels)
+    positive = roi_labels < roi.num_classes
+    pos_idx = positive.nonzero()[:, 0]
+    reg = bbox_pred.reshape(len(rois), -1, 4)[pos_idx, roi_labels[pos_idx]]
+    reg_loss = F.l1_loss(reg, torch.cat(roi_targets), reduction="sum") / max(len(rois), 1)
+    # masks of the positive RoIs (at most MASK_SAMPLES per image; sampled in random order)
+    mask_rois, mask_targets, mask_labels = [], [], []
+    for i, (pos, assigned, boxes, masks) in enumerate(roi_gt):
+        keep = slice(0, MASK_SAMPLES)
+        pos, assigned, boxes = pos[keep], assigned[keep], boxes[keep]
+        if not len(pos):
+            continue
+        mask_rois.append(torch.cat([torch.full((len(pos), 1), float(i)), boxes], dim=1))
+        crops = roi_align(masks[:, None], torch.cat([assigned[:, None].float(), boxes], dim=1), 28,
+                          spatial_scale=1.0, sampling_ratio=0, aligned=True)[:, 0]
+        mask_targets.append((crops >= 0.5).float())
+        mask_labels.append(torch.from_numpy(scenes[i].labels)[assigned])
+    if mask_rois:
+        mask_logits = roi.mask_head(roi.mask_roi_extractor(features[:4], torch.cat(mask_rois)))
+        labels = torch.cat(mask_labels)
+        mask_loss = F.binary_cross_entropy_with_logits(mask_logits[torch.arange(len(labels)), labels],
+                                                       torch.cat(mask_targets))
+    else:
+        mask_loss = features[0].sum() * 0
+    return rpn_loss + cls_loss + reg_loss + mask_loss
+
+
 def segmentation_loss(model, inputs: torch.Tensor, scenes: List[fashion.Scene]) -> torch.Tensor:
     logits = F.interpolate(model(inputs), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
     target = torch.from_numpy(np.stack([s.mask for s in scenes]).astype(np.int64))
@@ -210,6 +323,8 @@ def train_dense(task: str, steps: int, classifier_state, batch: int = 16, lr: fl
     torch.manual_seed(seed)
     if task == "detection":
         model, loss_fn = create_model("care_s0", task, 10, **DETECTION_HEAD), retinanet_loss
+    elif task == "instance_segmentation":
+        model, loss_fn = create_model("care_s0", task, 10, **MASK_RCNN_HEAD), mask_rcnn_loss
     else:
         model, loss_fn = create_model("care_s0", task, 11, **SEGMENTATION_HEAD), segmentation_loss
     if init_state is not None:
@@ -236,14 +351,15 @@ def train_dense(task: str, steps: int, classifier_state, batch: int = 16, lr: fl
 
 SEED_FILE = "care_s0_fashion32_backbone.pth"
 WORK_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "build", "train_demo")
-TASKS = ("backbone", "classification", "detection", "segmentation")
+TASKS = ("backbone", "classification", "detection", "segmentation", "instance_segmentation")
 
 
 # Every stage's schedule (command-line option, default): epochs of items or steps of scenes;
 # "restart": the warm restart's cycle after the first (0: none).
 SCHEDULES = {"backbone_epochs": 5.0, "classification_epochs": 4.0, "classification_restart_epochs": 3.0,
              "detection_steps": 2400, "detection_restart_steps": 0,
-             "segmentation_steps": 2400, "segmentation_restart_steps": 2400}
+             "segmentation_steps": 2400, "segmentation_restart_steps": 2400,
+             "instance_segmentation_steps": 2400, "instance_segmentation_restart_steps": 0}
 
 
 def schedule(task: str, args, restart: bool) -> float:
@@ -261,10 +377,11 @@ def train_phase(task: str, args, restart: bool, init_state=None) -> torch.nn.Mod
     length = schedule(task, args, restart) * args.scale
     if task == "classification":
         return train_classifier(length, lr=1e-3 if restart else 2e-3, seed=int(restart), init_state=init_state)
-    seed_path = os.path.join(args.work, SEED_FILE)
+    seed_path = args.backbone_seed or os.path.join(args.work, SEED_FILE)
     if init_state is None and not os.path.exists(seed_path):
         raise SystemExit(f"train {task}: {seed_path} not found: train --task backbone first")
     return train_dense(task, max(1, int(length)), None if restart else torch.load(seed_path),
+                       batch=MASK_RCNN_BATCH if task == "instance_segmentation" else 16,
                        seed=int(restart), init_state=init_state)
 
 
@@ -300,6 +417,8 @@ def main(argv=None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every schedule")
     for key, default in SCHEDULES.items():
         p.add_argument("--" + key.replace("_", "-"), type=type(default), default=default)
+    p.add_argument("--backbone-seed", help="classifier checkpoint that seeds the dense backbones "
+                                           "(default: the 32x32 one --task backbone writes into --work)")
     p.add_argument("--resume", action="store_true",
                    help="start from a first cycle already in --work (after an interrupted run)")
     args = p.parse_args(argv)
@@ -315,6 +434,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     train_one("backbone", args)
     common = ["--out", args.out, "--work", args.work, "--threads", "1", "--scale", str(args.scale)]
+    common += ["--backbone-seed", args.backbone_seed] if args.backbone_seed else []
     common += [arg for key in SCHEDULES for arg in ("--" + key.replace("_", "-"), str(getattr(args, key)))]
     common += ["--resume"] if args.resume else []
     children = [subprocess.Popen([sys.executable, "-m", "carevision.demo.train", "--task", task] + common)

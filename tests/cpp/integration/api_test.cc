@@ -543,7 +543,7 @@ TEST_F(ServerTest, CareClientPrintsAndPaintsInstanceMasks) {
   int status = -1;
   const std::string text = RunCommand(Env("CARE_CLIENT") + " detect --server=127.0.0.1:" +
                                           std::to_string(server_->grpc_port()) +
-                                          " --model=care_s0_mask --score_threshold=0.12 --image=" + image +
+                                          " --model=care_s0_mask --score_threshold=0.6 --image=" + image +
                                           " --draw=" + out,
                                       &status);
   ASSERT_EQ(status, 0) << text;
@@ -552,7 +552,7 @@ TEST_F(ServerTest, CareClientPrintsAndPaintsInstanceMasks) {
   v1::DetectRequest request;
   request.set_model("care_s0_mask");
   request.mutable_image()->set_encoded(ReadFile(image));
-  request.set_score_threshold(0.12f);
+  request.set_score_threshold(0.6f);
   v1::DetectResponse response;
   grpc::ClientContext context;
   ASSERT_TRUE(stub_->Detect(&context, request, &response).ok());

