@@ -6,7 +6,8 @@
 #   care_s0_fashion            CARE-S0 classifier, 64x64, Fashion-MNIST          <- model/weights (trained)
 #   care_s0_retinanet_fashion  CARE-S0 RetinaNet, 128x128, Fashion-MNIST scenes  <- model/weights (trained)
 #   care_s0_fpn_fashion        CARE-S0 Semantic FPN, 128x128, Fashion-MNIST scenes <- model/weights (trained)
-# The three demo models (make train-demo, docs/models.md) are their task's default: a request
+#   care_s0_maskrcnn_fashion   CARE-S0 Mask R-CNN, 128x128, Fashion-MNIST scenes  <- model/weights (trained)
+# The four demo models (make train-demo, docs/models.md) are their task's default: a request
 # with an empty model gets a real answer.
 #   care_s0_imagenet          CARE-S0 classifier, 224x224, ImageNet-1k labels  <- care_s0.pth
 #   care_s0_retinanet_coco    CARE-S0 RetinaNet, 512x512, COCO labels          <- care_s0_retinanet.pth
@@ -72,6 +73,8 @@ export_demo care_s0_retinanet_fashion care_s0_retinanet_fashion.pth --task detec
   --labels "$labels/fashion_mnist10.txt"
 export_demo care_s0_fpn_fashion care_s0_fpn_fashion.pth --task segmentation --input-size 128 128 \
   --labels "$labels/fashion_mnist_segmentation11.txt"
+export_demo care_s0_maskrcnn_fashion care_s0_maskrcnn_fashion.pth --task instance_segmentation \
+  --input-size 128 128 --labels "$labels/fashion_mnist10.txt" --max-batch-size 8
 # Batches of 8: the engine's best per runner (make bench, 2 runners x 1 thread: batch 4 108,
 # 8 114, 16 110, 32 98 img/s).
 export_one care_s0_imagenet care_s0.pth --arch care_s0 --task classification --input-size 224 224 \

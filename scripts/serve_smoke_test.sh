@@ -33,7 +33,7 @@ imagenet=$("$client" classify --server="localhost:$port" --model=care_s0_imagene
 grep -q "^care_s0_imagenet version 1" <<<"$imagenet"
 # (captured first: grep -q exiting early would fail the writer under pipefail)
 models=$("$client" list --server="localhost:$port")
-for model in care_s0_fashion care_s0_retinanet_fashion care_s0_fpn_fashion; do
+for model in care_s0_fashion care_s0_retinanet_fashion care_s0_fpn_fashion care_s0_maskrcnn_fashion; do
   grep -Eq "^$model .* checkpoint +ready" <<<"$models"
 done
 for model in care_s0_imagenet care_s0_retinanet_coco care_s0_fpn_ade20k; do
@@ -49,13 +49,19 @@ pictures=$(mktemp -d)
   | grep -q "^care_s0_retinanet_fashion version 1: [1-9][0-9]* detections in 256x256"
 "$client" segment --server="localhost:$port" --image docs/demo/scene.png --draw "$pictures/scene_mask.png" \
   | grep -q "^care_s0_fpn_fashion version 1: 256x256 mask"
+# The demo Mask R-CNN: each detection with its mask (a mask of some pixels: "mask N px").
+instances=$("$client" detect --server="localhost:$port" --model=care_s0_maskrcnn_fashion --image docs/demo/scene.png \
+  --draw "$pictures/scene_instances.png")
+grep -q "^care_s0_maskrcnn_fashion version 1: [1-9][0-9]* detections in 256x256" <<<"$instances"
+grep -Eq "mask [1-9][0-9]* px$" <<<"$instances"
 "$client" detect --server="localhost:$port" --model=care_s0_retinanet_coco --image build/samples/astronaut.jpg \
   --draw "$pictures/boxes.png"
 "$client" segment --server="localhost:$port" --model=care_s0_fpn_ade20k --image build/samples/astronaut.jpg \
   --draw "$pictures/mask.png" | grep -q "^care_s0_fpn_ade20k version 1: 512x512 mask"
 /usr/bin/python3 - "$pictures" <<'PY'
 import sys, cv2
-for name, size in (("boxes.png", 512), ("mask.png", 512), ("scene_boxes.png", 256), ("scene_mask.png", 256)):
+for name, size in (("boxes.png", 512), ("mask.png", 512), ("scene_boxes.png", 256), ("scene_mask.png", 256),
+                   ("scene_instances.png", 256)):
     image = cv2.imread(f"{sys.argv[1]}/{name}")
     assert image is not None and image.shape[:2] == (size, size), (name, None if image is None else image.shape)
 PY

@@ -1,5 +1,5 @@
 """make train-demo, in miniature: every stage runs (backbone seed, first cycles, warm
-restarts, the three processes side by side) and writes half-precision weights that load into
+restarts, the four processes side by side) and writes half-precision weights that load into
 the models the exporter builds from them."""
 import os
 import subprocess
@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
     return out, work, train("all", out, work)
 
 
-def test_train_demo_writes_all_three_models(trained):
+def test_train_demo_writes_all_four_models(trained):
     out, work, log = trained
     assert "train-demo: trained in" in log
     assert os.path.exists(os.path.join(work, SEED_FILE))
@@ -42,7 +42,7 @@ def test_train_demo_writes_all_three_models(trained):
         first = torch.load(phase_one_path(work, task))
         assert first.keys() == state.keys()
         changed = any(not torch.equal(first[k], state[k]) for k in state if state[k].is_floating_point())
-        assert changed == (task != "detection"), task
+        assert changed == (task not in ("detection", "instance_segmentation")), task
         classes = 11 if task == "segmentation" else 10
         model = create_model("care_s0", task, classes, **infer_head_options(state, task))
         model.load_state_dict({k: v.float() for k, v in state.items()})
@@ -50,9 +50,10 @@ def test_train_demo_writes_all_three_models(trained):
 
 def test_resume_restarts_from_the_kept_first_cycle(trained, tmp_path):
     _, work, _ = trained
-    log = train("all", tmp_path, work, "--resume")  # forwarded to the three processes
+    log = train("all", tmp_path, work, "--resume")  # forwarded to the four processes
     for task in FILES:
         assert f"train {task}: resuming from" in log, task
-    # one cycle ran (the restart), not two; detection has no restart
+    # one cycle ran (the restart), not two; detection and Mask R-CNN have no restart
     assert log.count("train segmentation: step 1/1") == 1
     assert log.count("train detection: step 1/1") == 0
+    assert log.count("train instance_segmentation: step 1/1") == 0
