@@ -67,7 +67,7 @@ TEST(ModelConfig, BadValuesNameTheField) {
   const std::vector<Bad> cases = {
       {"{not json", "not valid"},
       {R"({"task": "classification", )" + input + "}", "name is required"},
-      {R"({"name": "m", "task": "regression", )" + input + "}", "task must be classification, detection or"},
+      {R"({"name": "m", "task": "regression", )" + input + "}", "task must be classification, detection, segmentation or instance_segmentation"},
       {R"({"name": "m", "task": "classification"})", "input.height and input.width are required"},
       {R"({"name": "m", "task": "classification", "num_classes": 5, )" + input + "}",
        "num_classes is 5 but the labels file has 10 labels"},
