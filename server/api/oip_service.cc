@@ -11,10 +11,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "server/api/detections.h"
 #include "server/api/validation.h"
 #include "server/postprocess/classify.h"
 #include "server/postprocess/detect.h"
-#include "server/postprocess/instance_mask.h"
 #include "server/postprocess/segment.h"
 
 #ifndef CARE_VERSION
@@ -362,8 +362,7 @@ struct InferState {
   bool typed = false;  // answer in InferTensorContents, as the request came
   std::vector<std::vector<float>> probabilities;
   std::vector<std::vector<ClassScore>> top;
-  std::vector<std::vector<BoxDetection>> detections;
-  std::vector<std::vector<std::string>> instance_masks;  // COCO RLE as JSON, per detection
+  std::vector<ImageDetections> detections;
   std::vector<cv::Mat> masks;
 };
 
@@ -453,7 +452,7 @@ absl::Status WriteOutputs(const InferState& state, const ServedModel& model, Mod
   OutputWriter writer(response, state.typed);
   // Detection: K is the most detections any image has; rows past an image's count are zero.
   size_t k = 0;
-  for (const auto& d : state.detections) k = std::max(k, d.size());
+  for (const auto& d : state.detections) k = std::max(k, d.boxes.size());
   const int64_t kk = static_cast<int64_t>(k);
   for (const std::string& name : state.outputs.names) {
     if (name == "probabilities" && state.outputs.classification > 0) {
@@ -473,8 +472,8 @@ absl::Status WriteOutputs(const InferState& state, const ServedModel& model, Mod
     } else if (name == "boxes") {
       std::vector<float> values(n * kk * 4, 0.0f);
       for (int64_t i = 0; i < n; ++i) {
-        for (size_t j = 0; j < state.detections[i].size(); ++j) {
-          const BoxDetection& d = state.detections[i][j];
+        for (size_t j = 0; j < state.detections[i].boxes.size(); ++j) {
+          const BoxDetection& d = state.detections[i].boxes[j];
           float* box = &values[(i * kk + j) * 4];
           box[0] = d.x_min, box[1] = d.y_min, box[2] = d.x_max, box[3] = d.y_max;
         }
@@ -483,24 +482,30 @@ absl::Status WriteOutputs(const InferState& state, const ServedModel& model, Mod
     } else if (name == "scores") {
       std::vector<float> values(n * kk, 0.0f);
       for (int64_t i = 0; i < n; ++i) {
-        for (size_t j = 0; j < state.detections[i].size(); ++j) values[i * kk + j] = state.detections[i][j].score;
+        for (size_t j = 0; j < state.detections[i].boxes.size(); ++j) values[i * kk + j] = state.detections[i].boxes[j].score;
       }
       writer.Fp32(name, {n, kk}, values);
     } else if (name == "classes") {
       std::vector<int32_t> values(n * kk, 0);
       for (int64_t i = 0; i < n; ++i) {
-        for (size_t j = 0; j < state.detections[i].size(); ++j) values[i * kk + j] = state.detections[i][j].label;
+        for (size_t j = 0; j < state.detections[i].boxes.size(); ++j) values[i * kk + j] = state.detections[i].boxes[j].label;
       }
       writer.Int32(name, {n, kk}, values);
     } else if (name == "masks") {
+      // COCO RLE objects as JSON; the counts alphabet (ASCII 48-111) holds JSON's escape
+      // character, the backslash.
       std::vector<std::string> values(n * kk);
       for (int64_t i = 0; i < n; ++i) {
-        for (size_t j = 0; j < state.instance_masks[i].size(); ++j) values[i * kk + j] = state.instance_masks[i][j];
+        for (size_t j = 0; j < state.detections[i].masks.size(); ++j) {
+          const CocoRle& rle = state.detections[i].masks[j];
+          values[i * kk + j] = absl::StrCat("{\"size\":[", rle.height, ",", rle.width, "],\"counts\":\"",
+                                            absl::StrReplaceAll(rle.counts, {{"\\", "\\\\"}}), "\"}");
+        }
       }
       writer.Bytes(name, {n, kk}, values);
     } else if (name == "num_detections") {
       std::vector<int32_t> values;
-      for (const auto& d : state.detections) values.push_back(static_cast<int32_t>(d.size()));
+      for (const auto& d : state.detections) values.push_back(static_cast<int32_t>(d.boxes.size()));
       writer.Int32(name, {n}, values);
     } else if (name == "mask") {
       for (int64_t i = 1; i < n; ++i) {
@@ -544,7 +549,6 @@ void OipInfer(Frontend* frontend, PendingCall* call, const ModelInferRequest* re
   state->probabilities.resize(spec.task == Task::kClassification ? n : 0);
   state->top.resize(spec.task == Task::kClassification ? n : 0);
   state->detections.resize(detects ? n : 0);
-  state->instance_masks.resize(spec.task == Task::kInstanceSegmentation ? n : 0);
   state->masks.resize(spec.task == Task::kSegmentation ? n : 0);
 
   std::vector<ImageInput> images(n);
@@ -576,30 +580,9 @@ void OipInfer(Frontend* frontend, PendingCall* call, const ModelInferRequest* re
       }
       case Task::kDetection:
       case Task::kInstanceSegmentation: {
-        const int64_t k = outputs[1].shape[0];
-        const bool instances = spec.task == Task::kInstanceSegmentation;
-        for (int64_t i = 0; i < k; ++i) {
-          if ((outputs[2].i64[i] < 0 && !instances) || outputs[2].i64[i] >= spec.num_classes) {
-            return absl::InternalError(absl::StrCat("model \"", spec.name, "\" produced class ", outputs[2].i64[i],
-                                                    ", outside [0, ", spec.num_classes, ")"));
-          }
-        }
-        LetterboxGeometry geometry{image.scale_x, static_cast<float>(image.width), static_cast<float>(image.height),
-                                   image.source_width, image.source_height};
-        state->detections[index] = SelectDetections(outputs[0].f32.data(), outputs[1].f32.data(),
-                                                    outputs[2].i64.data(), k, state->detect, geometry);
-        if (instances) {
-          const int m = static_cast<int>(outputs[3].shape[1]);
-          for (const BoxDetection& d : state->detections[index]) {
-            const CocoRle rle = PasteMask(outputs[3].f32.data() + static_cast<int64_t>(d.index) * m * m, m, d,
-                                          image.source_width, image.source_height);
-            // The counts alphabet (ASCII 48-111) holds the backslash, JSON's escape: escape it.
-            state->instance_masks[index].push_back(absl::StrCat("{\"size\":[", rle.height, ",", rle.width,
-                                                                "],\"counts\":\"",
-                                                                absl::StrReplaceAll(rle.counts, {{"\\", "\\\\"}}),
-                                                                "\"}"));
-          }
-        }
+        absl::StatusOr<ImageDetections> answer = SelectImageDetections(spec, outputs, image, state->detect);
+        if (!answer.ok()) return answer.status();
+        state->detections[index] = std::move(*answer);
         return absl::OkStatus();
       }
       case Task::kSegmentation: {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/api/detections.h"
 #include "server/api/validation.h"
 #include "server/postprocess/classify.h"
 #include "server/postprocess/detect.h"
@@ -67,23 +68,14 @@ grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* con
   }
   frontend_->Infer(call, model, {ImageInput{&request->image()}}, Frontend::RespondOn::kPool,
         [model, response, options = *options](int, const RowOutputs& outputs, const ResizedImage& image) {
-          const int64_t k = outputs[1].shape[0];
-          LetterboxGeometry geometry{image.scale_x, static_cast<float>(image.width),
-                                     static_cast<float>(image.height), image.source_width, image.source_height};
-          const int num_classes = model->spec->num_classes;
-          const bool instances = model->spec->task == Task::kInstanceSegmentation;
-          for (int64_t i = 0; i < k; ++i) {
-            if ((outputs[2].i64[i] < 0 && !instances) || outputs[2].i64[i] >= num_classes) {
-              return absl::InternalError(absl::StrCat("model \"", model->spec->name, "\" produced class ",
-                                                      outputs[2].i64[i], ", outside [0, ", num_classes, ")"));
-            }
-          }
+          absl::StatusOr<ImageDetections> answer = SelectImageDetections(*model->spec, outputs, image, options);
+          if (!answer.ok()) return answer.status();
           response->set_model(model->spec->name);
           response->set_model_version(model->version);
           response->set_image_width(image.source_width);
           response->set_image_height(image.source_height);
-          for (const BoxDetection& d : SelectDetections(outputs[0].f32.data(), outputs[1].f32.data(),
-                                                        outputs[2].i64.data(), k, options, geometry)) {
+          for (size_t j = 0; j < answer->boxes.size(); ++j) {
+            const BoxDetection& d = answer->boxes[j];
             v1::Detection* out = response->add_detections();
             out->mutable_box()->set_x_min(d.x_min);
             out->mutable_box()->set_y_min(d.y_min);
@@ -92,10 +84,8 @@ grpc::ServerUnaryReactor* VisionService::Detect(grpc::CallbackServerContext* con
             out->set_class_index(d.label);
             out->set_label(model->spec->labels[d.label]);
             out->set_score(d.score);
-            if (instances) {
-              const int m = static_cast<int>(outputs[3].shape[1]);
-              CocoRle rle = PasteMask(outputs[3].f32.data() + static_cast<int64_t>(d.index) * m * m, m, d,
-                                      image.source_width, image.source_height);
+            if (j < answer->masks.size()) {
+              CocoRle& rle = answer->masks[j];
               out->mutable_mask()->add_size(rle.height);
               out->mutable_mask()->add_size(rle.width);
               out->mutable_mask()->set_counts(std::move(rle.counts));

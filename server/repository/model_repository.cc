@@ -203,10 +203,10 @@ absl::StatusOr<ServedModel*> ModelRepository::Resolve(const std::string& name, i
     }
   }
   if (task.has_value() && model->spec.has_value() && ServingTask(model->spec->task) != *task) {
-    static const char* kMethod[] = {"Classify", "Detect", "Segment", "Detect"};
+    static const char* kMethod[] = {"Classify", "Detect", "Segment"};
     return absl::FailedPreconditionError(absl::StrCat("model \"", model->name, "\" is a ", TaskName(model->spec->task),
                                                       " model, not a ", TaskName(*task), " one; call ",
-                                                      kMethod[static_cast<int>(model->spec->task)], " for it"));
+                                                      kMethod[static_cast<int>(ServingTask(model->spec->task))], " for it"));
   }
   if (!model->ready()) {
     return absl::FailedPreconditionError(absl::StrCat("model \"", model->name, "\" failed to load: ",

@@ -108,28 +108,21 @@ absl::Status ModelScheduler::CheckOutputs(const BatchOutputs& outputs, int batch
                                               " tensor(s), first ", t.empty() ? "-" : ShapeText(t[0].shape),
                                               "; expected one float tensor [", n, ", ", c, "]"));
     case Task::kDetection:
-      if (t.size() == 3 && t[0].shape.size() == 3 && t[0].shape[0] == n && t[0].shape[2] == 4 &&
-          t[1].shape == std::vector<int64_t>{n, t[0].shape[1]} && t[2].shape == t[1].shape &&
-          t[2].dtype == DType::kInt64) {
+    case Task::kInstanceSegmentation: {
+      // (boxes [N, K, 4], scores [N, K], labels [N, K] int64), and for Mask R-CNN masks [N, K, M, M]
+      const bool instances = spec_.task == Task::kInstanceSegmentation;
+      const bool boxes_ok = t.size() == (instances ? 4u : 3u) && t[0].shape.size() == 3 && t[0].shape[0] == n &&
+                            t[0].shape[2] == 4 && t[1].shape == std::vector<int64_t>{n, t[0].shape[1]} &&
+                            t[2].shape == t[1].shape && t[2].dtype == DType::kInt64;
+      if (boxes_ok && (!instances || (t[3].shape.size() == 4 && t[3].shape[0] == n && t[3].shape[1] == t[0].shape[1] &&
+                                      t[3].shape[2] > 0 && t[3].shape[2] == t[3].shape[3]))) {
         return absl::OkStatus();
       }
-      return absl::InternalError(absl::StrCat("detection model ", spec_.name,
-                                              " must return (boxes [N, K, 4], scores [N, K], labels [N, K] int64)"
-                                              " for N = ",
-                                              n, "; got ", t.size(), " tensor(s)",
-                                              t.empty() ? "" : absl::StrCat(", first ", ShapeText(t[0].shape))));
-    case Task::kInstanceSegmentation:
-      if (t.size() == 4 && t[0].shape.size() == 3 && t[0].shape[0] == n && t[0].shape[2] == 4 &&
-          t[1].shape == std::vector<int64_t>{n, t[0].shape[1]} && t[2].shape == t[1].shape &&
-          t[2].dtype == DType::kInt64 && t[3].shape.size() == 4 && t[3].shape[0] == n &&
-          t[3].shape[1] == t[0].shape[1] && t[3].shape[2] > 0 && t[3].shape[2] == t[3].shape[3]) {
-        return absl::OkStatus();
-      }
-      return absl::InternalError(absl::StrCat("instance segmentation model ", spec_.name,
-                                              " must return (boxes [N, D, 4], scores [N, D], labels [N, D] int64,"
-                                              " masks [N, D, M, M]) for N = ",
-                                              n, "; got ", t.size(), " tensor(s)",
-                                              t.empty() ? "" : absl::StrCat(", first ", ShapeText(t[0].shape))));
+      return absl::InternalError(absl::StrCat(
+          TaskName(spec_.task), " model ", spec_.name, " must return (boxes [N, K, 4], scores [N, K], labels [N, K] int64",
+          instances ? ", masks [N, K, M, M]" : "", ") for N = ", n, "; got ", t.size(), " tensor(s)",
+          t.empty() ? "" : absl::StrCat(", first ", ShapeText(t[0].shape))));
+    }
     case Task::kSegmentation: {
       const std::vector<int64_t> expected{n, c, spec_.input.height / 4, spec_.input.width / 4};
       if (t.size() == 1 && t[0].dtype == DType::kFloat32 && t[0].shape == expected) return absl::OkStatus();

@@ -128,6 +128,8 @@ TEST_F(ServerTest, BadRequestsGetTheContractsStatusCodes) {
       {"unknown version", "care_s0_cls", good, 0, 7, StatusCode::NOT_FOUND, "has no version 7"},
       {"detection model", "care_s0_det", good, 0, 0, StatusCode::FAILED_PRECONDITION,
        "is a detection model, not a classification one; call Detect"},
+      {"Mask R-CNN model", "care_s0_mask", good, 0, 0, StatusCode::FAILED_PRECONDITION,
+       "instance_segmentation model, not a classification one; call Detect"},
       {"model that failed to load", "broken_model", good, 0, 0, StatusCode::FAILED_PRECONDITION,
        "failed to load: "},
       {"no default among two classifiers", "", good, 0, 0, StatusCode::NOT_FOUND,
@@ -530,6 +532,29 @@ TEST_F(ServerTest, CareClientDrawsPicturesOfTheInputsSize) {
       EXPECT_GT(cv::norm(picture, input, cv::NORM_L1), 0) << out << " has nothing drawn on it";
     }
   }
+}
+
+// Detect with no model names the default detection model, else (a repository without
+// one) the default Mask R-CNN.
+TEST(MaskRcnnDefault, DetectWithNoModelFallsBackToTheMaskRcnn) {
+  const std::string repository = ::testing::TempDir() + "/mask_rcnn_only";
+  std::filesystem::remove_all(repository);
+  std::filesystem::create_directories(repository);
+  std::filesystem::create_directory_symlink(Env("CARE_TEST_REPOSITORY") + "/care_s0_mask", repository + "/care_s0_mask");
+  Server server;
+  server.Start({"--model_repository=" + repository}, "care_server_mask_rcnn_only");
+  auto stub = v1::VisionService::NewStub(server.channel());
+  v1::DetectRequest request;
+  request.mutable_image()->set_encoded(
+      ReadFile(DenseReference::Load().dir + "/images/astronaut_square_512.png"));
+  request.set_score_threshold(0.6f);
+  v1::DetectResponse response;
+  grpc::ClientContext context;
+  const grpc::Status status = stub->Detect(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.model(), "care_s0_mask");
+  ASSERT_GT(response.detections_size(), 0);
+  EXPECT_TRUE(response.detections(0).has_mask());
 }
 
 // care-client on a Mask R-CNN: each detection's mask size in the text, and the masks tinted

@@ -590,6 +590,12 @@ TEST_F(OipTest, BadRequestsGetTheContractsStatusCodes) {
   });
   add("unknown output", StatusCode::INVALID_ARGUMENT, "unknown output \"logits\"",
       [](oip::ModelInferRequest* r) { r->add_outputs()->set_name("logits"); });
+  add("masks from a detector without them", StatusCode::INVALID_ARGUMENT,
+      "unknown output \"masks\"; a detection model returns boxes, scores, classes, num_detections",
+      [](oip::ModelInferRequest* r) {
+        r->set_model_name("care_s0_det");
+        r->add_outputs()->set_name("masks");
+      });
   add("classification out of range", StatusCode::INVALID_ARGUMENT, "classification", [](oip::ModelInferRequest* r) {
     auto* output = r->add_outputs();
     output->set_name("probabilities");
