@@ -5,10 +5,12 @@
 
 #include <algorithm>
 #include <exception>
+#include <map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "torch/csrc/jit/ir/constants.h"
 #include "torch/script.h"
 #include "ATen/Parallel.h"
 #include "torch/version.h"
@@ -42,6 +44,7 @@ RowOutputs CopyRow(const BatchOutputs& outputs, int row) {
 
 struct TorchModel::Impl {
   torch::jit::Module module;
+  std::string precision;
 };
 
 TorchModel::TorchModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -112,6 +115,45 @@ absl::Status AddOutput(const c10::IValue& value, std::vector<torch::Tensor>* ten
   return absl::OkStatus();
 }
 
+// Elements of the weight tensors by type: the graph's tensor constants (a frozen module's
+// weights) and the module's own parameters and buffers (an unfrozen one's). Quantized
+// graphs keep their weights in packed objects; their quantized:: operators mark them.
+void CountWeights(torch::jit::Block* block, std::map<std::string, int64_t>* elements) {
+  for (torch::jit::Node* node : block->nodes()) {
+    if (node->kind().is_prim() && node->kind() == c10::prim::Constant &&
+        node->output()->type()->kind() == c10::TypeKind::TensorType) {
+      c10::optional<c10::IValue> value = torch::jit::toIValue(node->output());
+      if (value.has_value() && value->isTensor()) {
+        (*elements)[c10::toString(value->toTensor().scalar_type())] += value->toTensor().numel();
+      }
+    } else if (std::string(node->kind().toQualString()).rfind("quantized::", 0) == 0) {
+      (*elements)["QInt8"] += 1 << 30;
+    }
+    for (torch::jit::Block* inner : node->blocks()) CountWeights(inner, elements);
+  }
+}
+
+// "fp32", "fp16", "bf16" or "int8": the type holding most of the weights; "" if none.
+std::string WeightPrecision(const torch::jit::Module& module) {
+  std::map<std::string, int64_t> elements;
+  for (const torch::Tensor& t : module.parameters()) elements[c10::toString(t.scalar_type())] += t.numel();
+  for (const torch::Tensor& t : module.buffers()) elements[c10::toString(t.scalar_type())] += t.numel();
+  if (module.find_method("forward")) CountWeights(module.get_method("forward").graph()->block(), &elements);
+  static const std::map<std::string, std::string> kNames = {
+      {"Float", "fp32"}, {"Double", "fp64"}, {"Half", "fp16"}, {"BFloat16", "bf16"}, {"QInt8", "int8"},
+      {"QUInt8", "int8"}};
+  std::string best;
+  int64_t most = 0;
+  for (const auto& [type, n] : elements) {
+    auto it = kNames.find(type);
+    if (it != kNames.end() && n > most) {
+      best = it->second;
+      most = n;
+    }
+  }
+  return best;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TorchModel>> TorchModel::Load(const std::string& path, const EngineOptions& options) {
@@ -120,6 +162,7 @@ absl::StatusOr<std::unique_ptr<TorchModel>> TorchModel::Load(const std::string& 
   try {
     impl->module = torch::jit::load(path, torch::kCPU);
     impl->module.eval();
+    impl->precision = WeightPrecision(impl->module);
     if (options.optimize) impl->module = torch::jit::optimize_for_inference(impl->module);
   } catch (const std::exception& e) {
     const std::string first = FirstLine(e.what());
@@ -130,6 +173,8 @@ absl::StatusOr<std::unique_ptr<TorchModel>> TorchModel::Load(const std::string& 
   }
   return std::unique_ptr<TorchModel>(new TorchModel(std::move(impl)));
 }
+
+const std::string& TorchModel::precision() const { return impl_->precision; }
 
 absl::StatusOr<BatchOutputs> TorchModel::Run(float* input, int batch, int height, int width,
                                               const std::vector<int64_t>* image_sizes) const {

@@ -75,6 +75,10 @@ class TorchModel {
   absl::StatusOr<BatchOutputs> Run(float* input, int batch, int height, int width,
                                    const std::vector<int64_t>* image_sizes = nullptr) const;
 
+  // The type of most of the weights as loaded ("fp32", "fp16", "bf16", "int8"), "" if the
+  // module has none that can be read; the console and /v2/models/{name}/config show it.
+  const std::string& precision() const;
+
  private:
   struct Impl;
   explicit TorchModel(std::unique_ptr<Impl> impl);
