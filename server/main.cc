@@ -46,6 +46,9 @@ ABSL_FLAG(int, http_port, 8000,
 ABSL_FLAG(int, http_threads, 128,
           "HTTP handler threads: each serves one connection at a time (waiting for its request's answer, and for "
           "the next request of a keep-alive connection for up to 5 s); further connections wait for one.");
+ABSL_FLAG(bool, http_console, true,
+          "Serve the web console at / on --http_port (docs/console.md): the models, their live "
+          "request rate and latency, and any model tried on a dropped image, through the HTTP API.");
 ABSL_FLAG(int, metrics_port, 9091, "Prometheus /metrics port (0: any free port; -1: no metrics endpoint).");
 ABSL_FLAG(int, engine_runners, 0,
           "Batches computed at the same time, across all models: the shared scheduler's engine threads, on which "
@@ -218,6 +221,7 @@ int Run() {
     http_options.host = absl::GetFlag(FLAGS_host);
     http_options.port = absl::GetFlag(FLAGS_http_port);
     http_options.threads = absl::GetFlag(FLAGS_http_threads);
+    http_options.console = absl::GetFlag(FLAGS_http_console);
     http_options.max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes);
     http_options.tls_cert = tls.cert;
     http_options.tls_key = tls.key;

@@ -2,8 +2,10 @@
 
 #include <httplib.h>
 
+#include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <utility>
 #include <vector>
@@ -11,8 +13,11 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "server/api/console_assets.h"
 #include "server/api/oip_service.h"
 #include "server/common/thread_name.h"
 
@@ -333,6 +338,62 @@ void ReplyInfer(httplib::Response& res, const ModelInferResponse& response, cons
 
 std::string Group(const httplib::Request& req, size_t i) { return i < req.matches.size() ? req.matches[i].str() : ""; }
 
+// The model directory `name` of the repository, or NOT_FOUND.
+absl::StatusOr<const RepositoryModel*> FindModel(const ModelRepository& repository, const std::string& name) {
+  for (const auto& m : repository.models()) {
+    if (m->name == name) return m.get();
+  }
+  return absl::NotFoundError(absl::StrCat("no model named \"", name, "\" in the repository"));
+}
+
+// GET /v2/models/{name}/config: what the server read from the model's config.json and
+// labels file, and whether it loaded. For any model of the repository, failed ones too.
+json ConfigJson(const RepositoryModel& m) {
+  json versions = json::array();
+  for (const auto& [v, served] : m.versions) versions.push_back(std::to_string(v));
+  json out = {{"name", m.name}, {"versions", versions}, {"ready", m.ready()}, {"error", absl::StrJoin(m.errors, "; ")}};
+  if (!m.spec.has_value()) return out;
+  const ModelSpec& spec = *m.spec;
+  out["task"] = TaskName(spec.task);
+  out["architecture"] = spec.architecture;
+  out["input"] = {{"height", spec.input.height}, {"width", spec.input.width}};
+  out["num_classes"] = spec.num_classes;
+  out["labels"] = spec.labels;
+  out["weights"] = {{"source", spec.weights_source}};
+  out["default"] = spec.is_default;
+  // The weights' type of the latest version, as the engine found it.
+  if (!m.versions.empty()) out["precision"] = m.versions.rbegin()->second->engine->precision();
+  if (spec.task == Task::kDetection || spec.task == Task::kInstanceSegmentation) {
+    out["postprocess"] = {{"score_threshold", spec.postprocess.score_threshold},
+                          {"iou_threshold", spec.postprocess.iou_threshold},
+                          {"max_detections", spec.postprocess.max_detections}};
+  }
+  return out;
+}
+
+// One model's entry of GET /v2/models/stats. The histogram's bounds are strings, "+Inf"
+// last, as in Prometheus's own JSON.
+json StatsJson(const std::string& name, const RequestStats& stats) {
+  json buckets = json::array();
+  for (const auto& [le, count] : stats.buckets) {
+    buckets.push_back({{"le", std::isinf(le) ? std::string("+Inf") : absl::StrFormat("%g", le)}, {"count", count}});
+  }
+  return {{"name", name},
+          {"success_count", stats.ok},
+          {"fail_count", stats.failed},
+          {"duration_seconds", {{"sum", stats.seconds}, {"buckets", buckets}}}};
+}
+
+// Security headers of the console's files: nothing is loaded from elsewhere.
+void ConsoleHeaders(httplib::Response& res) {
+  res.set_header("Content-Security-Policy",
+                 "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+                 "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'");
+  res.set_header("X-Content-Type-Options", "nosniff");
+  res.set_header("Referrer-Policy", "no-referrer");
+  res.set_header("Cache-Control", "no-cache");
+}
+
 }  // namespace
 
 int HttpStatusFor(absl::StatusCode code) {
@@ -383,7 +444,8 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Frontend* fronte
   // ~40 ms to each exchange.
   server.set_tcp_nodelay(true);
   const int64_t max_body = options.max_body_bytes;
-  server.set_error_handler([max_body](const httplib::Request& req, httplib::Response& res) {
+  const bool console = options.console;
+  server.set_error_handler([max_body, console](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
     if (res.status == 413) {
       res.set_content(Dump(json{{"error", absl::StrCat("the request body is larger than the server's limit of ",
@@ -391,7 +453,14 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Frontend* fronte
                       "application/json");
     } else if (res.status == 404) {
       res.set_content(Dump(json{{"error", absl::StrCat("no route ", req.method, " ", req.path,
-                                                       " (the KServe v2 routes are under /v2)")}}),
+                                                       " (the KServe v2 routes are under /v2",
+                                                       console ? "; the web console is at /)" : ")")}}),
+                      "application/json");
+    } else if (res.status == 400) {
+      // httplib's own refusal, before any route ran: the body could not be read.
+      res.set_content(Dump(json{{"error", absl::StrCat("cannot read the body of ", req.method, " ", req.path,
+                                                       ": it needs a Content-Length or chunked transfer "
+                                                       "encoding, and all the bytes it announces")}}),
                       "application/json");
     } else {
       res.set_content(Dump(json{{"error", absl::StrCat("HTTP ", res.status)}}), "application/json");
@@ -428,6 +497,83 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Frontend* fronte
                    {"version", metadata.version()},
                    {"extensions", std::vector<std::string>(metadata.extensions().begin(), metadata.extensions().end())}});
   });
+  // Before the model metadata route, which would take "stats" for a model's name.
+  server.Get(R"(/v2/models(?:/([^/]+)(?:/versions/([^/]+))?)?/stats)",
+             [frontend](const httplib::Request& req, httplib::Response& res) {
+               HttpCall call(frontend, "ModelStatistics");
+               absl::StatusOr<const ModelRepository*> repository = frontend->Available();
+               absl::Status status = repository.status();
+               const std::string name = Group(req, 1);
+               if (status.ok() && !name.empty()) status = FindModel(**repository, name).status();
+               call.Answer(status);
+               if (!status.ok()) return ReplyError(res, status);
+               const std::map<std::string, RequestStats> all = frontend->metrics()->InferenceStats();
+               json list = json::array();
+               for (const auto& m : (*repository)->models()) {
+                 if (!name.empty() && m->name != name) continue;
+                 auto it = all.find(m->name);
+                 list.push_back(StatsJson(m->name, it == all.end() ? RequestStats{} : it->second));
+               }
+               ReplyJson(res, 200, json{{"model_stats", list}});
+             });
+  server.Get(R"(/v2/models/([^/]+)/config)", [frontend](const httplib::Request& req, httplib::Response& res) {
+    HttpCall call(frontend, "ModelConfig");
+    absl::StatusOr<const ModelRepository*> repository = frontend->Available();
+    absl::StatusOr<const RepositoryModel*> model =
+        repository.ok() ? FindModel(**repository, Group(req, 1)) : repository.status();
+    if (model.ok()) call.SetModelLabel((*model)->name);
+    call.Answer(model.status());
+    if (!model.ok()) return ReplyError(res, model.status());
+    ReplyJson(res, 200, ConfigJson(**model));
+  });
+  // The model repository extension's index: every version served, and every model that
+  // failed to load (state UNAVAILABLE, with the reason); {"ready": true} lists only the first.
+  // With a content reader: `curl -X POST` sends no Content-Length, and a request without one
+  // has no body (RFC 9112), where httplib's own reading would wait for one until it timed out.
+  server.Post("/v2/repository/index", [frontend](const httplib::Request& req, httplib::Response& res,
+                                                 const httplib::ContentReader& content_reader) {
+    HttpCall call(frontend, "RepositoryIndex");
+    std::string body;
+    if (req.has_header("Content-Length") || req.has_header("Transfer-Encoding")) {
+      content_reader([&](const char* data, size_t length) {
+        body.append(data, length);
+        return body.size() <= 4096;
+      });
+    }
+    bool ready_only = false;
+    if (!body.empty()) {
+      const json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+      if (j.is_discarded() || !j.is_object() || (j.contains("ready") && !j["ready"].is_boolean())) {
+        const absl::Status bad = Invalid("the index request must be a JSON object, with \"ready\" a boolean if given");
+        call.Answer(bad);
+        return ReplyError(res, bad);
+      }
+      ready_only = j.value("ready", false);
+    }
+    absl::StatusOr<const ModelRepository*> repository = frontend->Available();
+    call.Answer(repository.status());
+    if (!repository.ok()) return ReplyError(res, repository.status());
+    json list = json::array();
+    for (const auto& m : (*repository)->models()) {
+      for (const auto& [v, served] : m->versions) {
+        list.push_back({{"name", m->name}, {"version", std::to_string(v)}, {"state", "READY"}, {"reason", ""}});
+      }
+      if (m->versions.empty() && !ready_only) {
+        list.push_back({{"name", m->name}, {"state", "UNAVAILABLE"}, {"reason", absl::StrJoin(m->errors, "; ")}});
+      }
+    }
+    ReplyJson(res, 200, list);
+  });
+  if (options.console) {
+    for (const ConsoleAsset& asset : ConsoleAssets()) {
+      const std::string name = asset.name;
+      const std::string path = name == "index.html" ? "/" : absl::StrCat("/console/", name);
+      server.Get(path, [asset](const httplib::Request&, httplib::Response& res) {
+        ConsoleHeaders(res);
+        res.set_content(asset.body.data(), asset.body.size(), asset.content_type);
+      });
+    }
+  }
   server.Get(R"(/v2/models/([^/]+)(?:/versions/([^/]+))?/ready)",
              [frontend](const httplib::Request& req, httplib::Response& res) {
                HttpCall call(frontend, "ModelReady");

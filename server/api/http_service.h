@@ -6,6 +6,11 @@
 // thread waits for its request's answer, and a keep-alive connection holds one between
 // requests (until it idles for 5 s), so --http_threads bounds the connections served at
 // once: a connection beyond them waits until one closes or idles out.
+//
+// Beyond the protocol's routes (docs/oip.md): the model repository extension's
+// POST /v2/repository/index, GET /v2/models/{name}/config (the model's config.json as the
+// server read it, with its labels), GET /v2/models[/{name}]/stats (request counts and the
+// latency histogram, from the server's own metrics), and the web console at GET /.
 #pragma once
 
 #include <memory>
@@ -27,6 +32,8 @@ struct HttpOptions {
   int threads = 128;
   // Largest request body (the JSON header and the binary data together).
   int64_t max_body_bytes = 32 << 20;
+  // GET / serves the web console (server/console/), which uses only the routes below.
+  bool console = true;
   // TLS: both set -> HTTPS; with client_ca, client certificates are required and verified.
   std::string tls_cert, tls_key, tls_client_ca;
 };

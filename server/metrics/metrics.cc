@@ -149,6 +149,45 @@ void ServerMetrics::SetModelInfo(const std::string& model, int64_t version, cons
       .Set(1);
 }
 
+std::map<std::string, RequestStats> ServerMetrics::InferenceStats() const {
+  auto label = [](const prometheus::ClientMetric& metric, const std::string& name) -> std::string {
+    for (const auto& l : metric.label) {
+      if (l.name == name) return l.value;
+    }
+    return "";
+  };
+  auto inference = [&](const prometheus::ClientMetric& metric) {
+    const std::string method = label(metric, "method");
+    return !label(metric, "model").empty() &&
+           (method == "Classify" || method == "Detect" || method == "Segment" || method == "ModelInfer");
+  };
+  std::map<std::string, RequestStats> stats;
+  for (const auto& family : requests_.Collect()) {
+    for (const auto& metric : family.metric) {
+      if (!inference(metric)) continue;
+      RequestStats& s = stats[label(metric, "model")];
+      const auto n = static_cast<uint64_t>(metric.counter.value);
+      (label(metric, "code") == "OK" ? s.ok : s.failed) += n;
+    }
+  }
+  for (const auto& family : request_seconds_.Collect()) {
+    for (const auto& metric : family.metric) {
+      if (!inference(metric)) continue;
+      RequestStats& s = stats[label(metric, "model")];
+      const auto& buckets = metric.histogram.bucket;
+      if (s.buckets.empty()) {
+        for (const auto& b : buckets) s.buckets.emplace_back(b.upper_bound, 0);
+      }
+      // Every series has the same bounds (LatencyBuckets()).
+      for (size_t i = 0; i < buckets.size() && i < s.buckets.size(); ++i) {
+        s.buckets[i].second += buckets[i].cumulative_count;
+      }
+      s.seconds += metric.histogram.sample_sum;
+    }
+  }
+  return stats;
+}
+
 namespace {
 
 class ProcessCollector : public prometheus::Collectable {

@@ -5,6 +5,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -37,6 +39,17 @@ struct ModelMetrics {
   prometheus::Gauge* inflight;
 };
 
+// A model's inference requests of every API so far (Classify, Detect, Segment, ModelInfer),
+// read back from care_requests_total and care_request_duration_seconds.
+struct RequestStats {
+  uint64_t ok = 0;      // answered OK
+  uint64_t failed = 0;  // answered with an error
+  // care_request_duration_seconds: upper bound -> cumulative count (the last bound is
+  // +Inf), and the sum of the durations.
+  std::vector<std::pair<double, uint64_t>> buckets;
+  double seconds = 0;
+};
+
 class ServerMetrics {
  public:
   ServerMetrics();
@@ -56,6 +69,8 @@ class ServerMetrics {
   void SetModelReady(const std::string& model, bool ready) { model_ready_.Add({{"model", model}}).Set(ready ? 1 : 0); }
   void SetModelInfo(const std::string& model, int64_t version, const std::string& task,
                     const std::string& architecture, const std::string& weights);
+  // Per model name, the models that have been asked anything.
+  std::map<std::string, RequestStats> InferenceStats() const;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

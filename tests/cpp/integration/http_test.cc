@@ -562,6 +562,153 @@ TEST_F(HttpTest, MixedLoadOfAllThreeProtocolsSharesBatchesAndTheClientsAgree) {
   EXPECT_NE(missing.find("error: NOT_FOUND: model \"nope\""), std::string::npos) << missing;
 }
 
+TEST_F(HttpTest, RepositoryIndexListsEveryModelAndWhyOneFailed) {
+  v1::ListModelsResponse listed;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub_->ListModels(&context, v1::ListModelsRequest(), &listed).ok());
+  auto response = Client()->Post("/v2/repository/index", "", "application/json");
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200) << response->body;
+  const json index = json::parse(response->body);
+  std::map<std::string, json> by_name;
+  for (const json& entry : index) by_name[entry["name"]] = entry;
+  ASSERT_EQ(by_name.size(), static_cast<size_t>(listed.models_size())) << index.dump();
+  for (const auto& m : listed.models()) {
+    ASSERT_TRUE(by_name.count(m.name())) << m.name() << " missing from " << index.dump();
+    const json& entry = by_name[m.name()];
+    if (m.ready()) {
+      EXPECT_EQ(entry["state"], "READY") << entry.dump();
+      EXPECT_EQ(entry["version"], std::to_string(m.versions(m.versions_size() - 1))) << entry.dump();
+    } else {
+      // The server's own reason, as ListModels gives it.
+      EXPECT_EQ(entry["state"], "UNAVAILABLE") << entry.dump();
+      EXPECT_EQ(entry["reason"], m.error()) << entry.dump();
+      EXPECT_FALSE(m.error().empty());
+    }
+  }
+  EXPECT_EQ(by_name["broken_model"]["state"], "UNAVAILABLE");
+  auto ready = Client()->Post("/v2/repository/index", R"({"ready": true})", "application/json");
+  ASSERT_TRUE(ready);
+  EXPECT_EQ(ready->body.find("broken_model"), std::string::npos) << ready->body;
+  EXPECT_NE(ready->body.find("care_s0_cls"), std::string::npos) << ready->body;
+  Answer bad = Post("/v2/repository/index", json{{"ready", "yes"}});
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_NE(bad.error().find("\"ready\" a boolean"), std::string::npos) << bad.body.dump();
+}
+
+TEST_F(HttpTest, ModelConfigIsWhatTheServerReadFromTheRepository) {
+  Answer det = Get("/v2/models/care_s0_det/config");
+  ASSERT_EQ(det.status, 200) << det.body.dump();
+  EXPECT_EQ(det.body["task"], "detection");
+  EXPECT_EQ(det.body["ready"], true);
+  EXPECT_EQ(det.body["versions"], json({"1"}));
+  const std::string labels = ReadFile(Env("CARE_TEST_REPOSITORY") + "/care_s0_det/labels.txt");
+  ASSERT_FALSE(det.body["labels"].empty());
+  EXPECT_EQ(labels.substr(0, labels.find('\n')), det.body["labels"][0].get<std::string>());
+  EXPECT_EQ(det.body["num_classes"].get<size_t>(), det.body["labels"].size());
+  EXPECT_TRUE(det.body["postprocess"]["score_threshold"].is_number()) << det.body.dump();
+  EXPECT_TRUE(det.body["input"]["width"].is_number()) << det.body.dump();
+  Answer cls = Get("/v2/models/care_s0_cls/config");
+  EXPECT_EQ(cls.body["task"], "classification");
+  EXPECT_FALSE(cls.body.contains("postprocess")) << cls.body.dump();
+  // The exporter writes float32 weights; the engine reads their type from the graph.
+  EXPECT_EQ(cls.body["precision"], "fp32") << cls.body.dump();
+  // A model that failed to load still has a config, with the reason it is not served.
+  Answer broken = Get("/v2/models/broken_model/config");
+  ASSERT_EQ(broken.status, 200) << broken.body.dump();
+  EXPECT_EQ(broken.body["ready"], false);
+  EXPECT_FALSE(broken.body["error"].get<std::string>().empty()) << broken.body.dump();
+  EXPECT_FALSE(broken.body.contains("precision")) << broken.body.dump();
+  Answer unknown = Get("/v2/models/no_such_model/config");
+  EXPECT_EQ(unknown.status, 404);
+  EXPECT_NE(unknown.error().find("no_such_model"), std::string::npos) << unknown.body.dump();
+}
+
+TEST_F(HttpTest, ModelStatsCountEveryApisRequestsWithTheirLatencyHistogram) {
+  auto stats = [&]() {
+    Answer a = Get("/v2/models/care_s0_cls/stats");
+    EXPECT_EQ(a.status, 200) << a.body.dump();
+    EXPECT_EQ(a.body["model_stats"].size(), 1u) << a.body.dump();
+    return a.body["model_stats"][0];
+  };
+  const json before = stats();
+  EXPECT_EQ(before["name"], "care_s0_cls");
+  // One good and one bad Classify (gRPC), one good ModelInfer (HTTP).
+  v1::ClassifyRequest request;
+  request.set_model("care_s0_cls");
+  *request.mutable_image() = Raw64(3);
+  v1::ClassifyResponse response;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(stub_->Classify(&context, request, &response).ok());
+  }
+  request.mutable_image()->set_encoded("not an image");
+  {
+    grpc::ClientContext context;
+    ASSERT_EQ(stub_->Classify(&context, request, &response).error_code(), StatusCode::INVALID_ARGUMENT);
+  }
+  const std::string png = Png(Crops(1)[0]);
+  Answer infer = Post("/v2/models/care_s0_cls/infer", ImagesHeader({png}), LengthPrefixed({png}));
+  ASSERT_EQ(infer.status, 200) << infer.body.dump();
+  const json after = stats();
+  EXPECT_EQ(after["success_count"].get<int64_t>() - before["success_count"].get<int64_t>(), 2) << after.dump();
+  EXPECT_EQ(after["fail_count"].get<int64_t>() - before["fail_count"].get<int64_t>(), 1) << after.dump();
+  const json& buckets = after["duration_seconds"]["buckets"];
+  ASSERT_GE(buckets.size(), 2u);
+  EXPECT_EQ(buckets.back()["le"], "+Inf");
+  EXPECT_EQ(buckets.back()["count"].get<int64_t>(),
+            after["success_count"].get<int64_t>() + after["fail_count"].get<int64_t>());
+  for (size_t i = 1; i < buckets.size(); ++i) {
+    EXPECT_GE(buckets[i]["count"].get<int64_t>(), buckets[i - 1]["count"].get<int64_t>()) << "not cumulative";
+  }
+  EXPECT_GT(after["duration_seconds"]["sum"].get<double>(), before["duration_seconds"]["sum"].get<double>());
+  // Every model of the repository, and 404 for one that is not.
+  Answer all = Get("/v2/models/stats");
+  EXPECT_NE(all.body.dump().find("\"broken_model\""), std::string::npos) << all.body.dump();
+  EXPECT_EQ(Get("/v2/models/no_such_model/stats").status, 404);
+}
+
+TEST_F(HttpTest, TheConsoleIsServedFromTheServerWithNothingFromElsewhere) {
+  auto page = Client()->Get("/");
+  ASSERT_TRUE(page);
+  ASSERT_EQ(page->status, 200);
+  EXPECT_EQ(page->get_header_value("Content-Type").rfind("text/html", 0), 0u);
+  const std::string csp = page->get_header_value("Content-Security-Policy");
+  EXPECT_NE(csp.find("default-src 'self'"), std::string::npos) << csp;
+  EXPECT_NE(csp.find("connect-src 'self'"), std::string::npos) << csp;
+  EXPECT_EQ(page->get_header_value("X-Content-Type-Options"), "nosniff");
+  EXPECT_EQ(page->body.find("http://"), std::string::npos) << "the page names another origin";
+  EXPECT_EQ(page->body.find("https://"), std::string::npos) << "the page names another origin";
+  for (const std::string& file : {"console.js", "console.css"}) {
+    EXPECT_NE(page->body.find("/console/" + file), std::string::npos) << file;
+    auto asset = Client()->Get(("/console/" + file).c_str());
+    ASSERT_TRUE(asset);
+    EXPECT_EQ(asset->status, 200) << file;
+    EXPECT_GT(asset->body.size(), 100u) << file;
+    EXPECT_EQ(asset->body, ReadFile(std::string(CARE_SOURCE_DIR) + "/server/console/" + file))
+        << file << " served differs from the source";
+  }
+  Answer missing = Get("/console/nope.js");
+  EXPECT_EQ(missing.status, 404);
+  EXPECT_NE(missing.error().find("console is at /"), std::string::npos) << missing.body.dump();
+}
+
+TEST(HttpConsole, TurnedOffTheRootIs404AndTheApiStillAnswers) {
+  Server server;
+  server.Start({"--http_console=false"}, "care_server_no_console");
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
+  httplib::Client client("127.0.0.1", server.http_port());
+  auto root = client.Get("/");
+  ASSERT_TRUE(root);
+  EXPECT_EQ(root->status, 404);
+  EXPECT_EQ(root->body.find("console"), std::string::npos) << root->body;
+  EXPECT_EQ(client.Get("/console/console.js")->status, 404);
+  EXPECT_EQ(client.Get("/v2/health/ready")->status, 200);
+  EXPECT_EQ(client.Get("/v2/models/care_s0_cls/stats")->status, 200);
+  server.Signal(SIGTERM);
+  EXPECT_EQ(server.WaitExit(std::chrono::seconds(30)), 0) << server.log();
+}
+
 TEST(HttpDrain, ReadinessAndInferAnswer503WhileTheServerDrains) {
   Server server;
   server.Start({"--drain_timeout=30s"}, "care_server_http_drain");

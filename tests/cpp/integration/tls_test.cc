@@ -89,6 +89,15 @@ TEST(Tls, TheServerSpeaksTlsWithItsCertificateAndRefusesPlaintext) {
   const std::string https = RunCommand("curl -sS --cacert " + c.Path("ca.pem") + " https://" + url + " 2>&1", &status);
   EXPECT_EQ(status, 0) << https;
   EXPECT_EQ(https, R"({"ready":true})");
+  // The web console comes over HTTPS too, and its script asks relative URLs of that origin.
+  const std::string console_url = "https://localhost:" + std::to_string(server.http_port());
+  const std::string page = RunCommand("curl -sS --cacert " + c.Path("ca.pem") + " " + console_url + "/ 2>&1", &status);
+  EXPECT_EQ(status, 0) << page;
+  EXPECT_NE(page.find("<title>careserve"), std::string::npos) << page;
+  const std::string index = RunCommand("curl -sS --cacert " + c.Path("ca.pem") + " -X POST " + console_url +
+                                           "/v2/repository/index 2>&1",
+                                       &status);
+  EXPECT_NE(index.find("\"care_s0_cls\""), std::string::npos) << index;
   RunCommand("curl -sS --max-time 5 http://" + url + " 2>&1", &status);
   EXPECT_NE(status, 0) << "plain HTTP answered on the TLS port";
   RunCommand("curl -sS --cacert " + c.Path("other_ca.pem") + " https://" + url + " 2>&1", &status);
