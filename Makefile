@@ -17,7 +17,7 @@ METRICS_PORT ?= 9091
 HTTP_PORT ?= 8000
 SERVER_FLAGS ?=
 
-.PHONY: deps bench-deps build repository samples serve test test-python test-cpp test-deploy test-serve test-demo train-demo evaluate-demo test-bench test-fuzz test-asan test-tsan fuzz fuzz-build soak profile bench clean
+.PHONY: deps bench-deps console-deps test-console build repository samples serve test test-python test-cpp test-deploy test-serve test-demo train-demo evaluate-demo test-bench test-fuzz test-asan test-tsan fuzz fuzz-build soak profile bench clean
 
 deps:
 	bash scripts/deps.sh
@@ -35,7 +35,7 @@ repository: deps
 serve: build repository
 	$(BUILD_DIR)/care-server --model_repository=$(MODEL_REPOSITORY) --port=$(PORT) --metrics_port=$(METRICS_PORT) --http_port=$(HTTP_PORT) $(SERVER_FLAGS)
 
-test: build test-python test-cpp test-deploy test-serve test-demo test-bench test-fuzz
+test: build test-python test-cpp test-deploy test-serve test-demo test-console test-bench test-fuzz
 
 test-python:
 	$(PYTHON) -m pytest -q tests/python
@@ -55,6 +55,16 @@ test-serve:
 # a real care-server must reach 85% of the figures in model/weights/metrics.json.
 test-demo:
 	$(PYTHON) -m pytest -q tests/demo
+
+# The web console in Debian's headless chromium, driven by playwright-core (npm, pinned by
+# tests/console/package-lock.json), against a real care-server with the demo models.
+test-console: build console-deps
+	$(PYTHON) -m pytest -q tests/console
+
+# Chromium, Node.js and npm (Debian's), and playwright-core into tests/console/node_modules.
+console-deps:
+	bash scripts/deps.sh --console
+	cd tests/console && npm ci --no-audit --no-fund --loglevel=error
 
 # Retrains the three demo models from scratch into model/weights/ (printing how long it took),
 # then evaluates them through care-server into model/weights/metrics.json.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian package careserve needs to build, test and serve (with --bench:
-# Node.js and npm for make bench's ONNX Runtime baseline).
+# Node.js and npm for make bench's ONNX Runtime baseline; with --console: those and
+# chromium, for the web console's browser test).
 # Idempotent: does nothing (not even apt-get update) when all are present.
 set -euo pipefail
 
@@ -25,6 +26,10 @@ if [ "${1:-}" = "--bench" ]; then
   # will do, else Debian's. Apart, so that the server's build and its image do not carry them.
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
+elif [ "${1:-}" = "--console" ]; then
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  dpkg-query -W -f='${Status}\n' chromium 2>/dev/null | grep -q "install ok installed" || missing+=(chromium)
 else
   for p in "${BUILD_PKGS[@]}"; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
