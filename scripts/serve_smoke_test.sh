@@ -72,5 +72,11 @@ echo "$bench"
 # The Python example client gets the same answer.
 python_answer=$(/usr/bin/python3 clients/python/care_client.py --server "localhost:$port" classify docs/demo/ankle_boot.png)
 [ "$python_answer" = "$answer" ] || { echo "Python client answered differently:"; echo "$python_answer"; exit 1; }
+# The README's web console is on the HTTP port, listing the same models.
+curl -sf "localhost:$http_port/" | grep -q '<title>careserve console</title>'
+index=$(curl -sf -X POST "localhost:$http_port/v2/repository/index")
+for model in care_s0_fashion care_s0_maskrcnn_fashion care_s0_fpn_ade20k; do
+  grep -q "\"name\":\"$model\",[^}]*\"state\":\"READY\"" <<<"$index" || { echo "$model not READY in $index"; exit 1; }
+done
 grep -q 'msg=serving' "$log"
 echo "serve smoke test: ok"
