@@ -436,7 +436,9 @@ async function start() {
   drop.addEventListener('drop', (e) => {
     e.preventDefault();
     drop.classList.remove('over');
-    if (e.dataTransfer.files[0]) useFile(e.dataTransfer.files[0]);
+    if (!e.dataTransfer.files[0]) return;
+    $('file').value = '';  // the chooser would otherwise still name the file chosen before
+    useFile(e.dataTransfer.files[0]);
   });
   await refreshModels();
   setInterval(refreshModels, POLL_MS);

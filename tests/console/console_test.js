@@ -50,9 +50,10 @@ async function main() {
       await page.$eval('#threshold', (e, v) => { e.value = v; e.dispatchEvent(new Event('input')); },
                        String(plan.high_threshold));
     }, () => detections(page));
-    seen.steps.segment = await ask(page, plan.segmenter, null, 'segment', async () => ({
+    // The scene again, dropped on the page this time.
+    seen.steps.segment = await ask(page, plan.segmenter, plan.scene, 'segment', async () => ({
       legend: await page.$$eval('#legend li .label', (e) => e.map((x) => x.textContent)),
-    }));
+    }), 'drop');
     seen.steps.instances = await ask(page, plan.instances, null, 'instances', () => detections(page));
     seen.steps.bad_file = await ask(page, plan.classifier, plan.bad_file, 'bad_file', async () => ({
       error: await page.textContent('#error'),
@@ -108,13 +109,28 @@ async function again(page, name, want, action, read) {
   return result;
 }
 
-// Picks `model`, then (if given) the file `image`; the page asks the server on each.
+// Drops `file` on the page's drop zone, as a person dragging it from a file manager would.
+async function drop(page, file) {
+  const dataTransfer = await page.evaluateHandle(({ base64, name }) => {
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], name, { type: 'image/png' }));
+    return transfer;
+  }, { base64: fs.readFileSync(file).toString('base64'), name: `dropped_${path.basename(file)}` });
+  await page.dispatchEvent('#drop', 'dragover', { dataTransfer });
+  await page.dispatchEvent('#drop', 'drop', { dataTransfer });
+}
+
+// Picks `model`, then (if given) the file `image`, chosen in the file input or dropped
+// (`how`); the page asks the server on each.
 let current = null;
-async function ask(page, model, image, name, read) {
-  if (image) current = path.basename(image);
+async function ask(page, model, image, name, read, how = 'choose') {
+  // The dropped copy has its own name: the page's answer for it cannot be an earlier one.
+  if (image) current = `${how === 'drop' ? 'dropped_' : ''}${path.basename(image)}`;
   return again(page, name, { model, image: current }, async () => {
     await page.selectOption('#model', model);
-    if (image) await page.setInputFiles('#file', image);
+    if (image && how === 'drop') await drop(page, image);
+    else if (image) await page.setInputFiles('#file', image);
   }, read);
 }
 

@@ -177,6 +177,8 @@ def test_segmenter_legend_names_the_classes_of_care_clients_mask(server, seen, t
     present = {labels[k] for k in np.unique(mask)}
     assert len(present) > 1
     assert set(page["steps"]["segment"]["legend"]) == present
+    # The scene was dropped on the page (console_test.js waits for the answer to that file).
+    assert page["steps"]["segment"]["status"].startswith(f"{SEGMENTER} answered in ")
 
 
 def test_instance_masks_are_drawn_for_care_clients_detections(server, seen):
