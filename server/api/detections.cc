@@ -5,7 +5,8 @@
 namespace careserve {
 
 absl::StatusOr<ImageDetections> SelectImageDetections(const ModelSpec& spec, const RowOutputs& outputs,
-                                                      const ResizedImage& image, const DetectOptions& options) {
+                                                      const ResizedImage& image, const DetectOptions& options,
+                                                      bool paste_masks) {
   const bool instances = spec.task == Task::kInstanceSegmentation;
   const int64_t k = outputs[1].shape[0];
   for (int64_t i = 0; i < k; ++i) {
@@ -20,7 +21,7 @@ absl::StatusOr<ImageDetections> SelectImageDetections(const ModelSpec& spec, con
   ImageDetections answer;
   answer.boxes = SelectDetections(outputs[0].f32.data(), outputs[1].f32.data(), outputs[2].i64.data(), k, options,
                                   geometry);
-  if (instances) {
+  if (instances && paste_masks) {
     const int m = static_cast<int>(outputs[3].shape[1]);
     answer.masks.reserve(answer.boxes.size());
     for (const BoxDetection& d : answer.boxes) {

@@ -19,8 +19,10 @@ struct ImageDetections {
 };
 
 // Checks the model's classes (Mask R-CNN pads with -1), selects the detections
-// (postprocess/detect.h) and, for Mask R-CNN, pastes each one's mask at the image's size.
+// (postprocess/detect.h) and, for Mask R-CNN, pastes each one's mask at the image's size
+// unless `paste_masks` is false (a caller that will not answer them skips that work).
 absl::StatusOr<ImageDetections> SelectImageDetections(const ModelSpec& spec, const RowOutputs& outputs,
-                                                      const ResizedImage& image, const DetectOptions& options);
+                                                      const ResizedImage& image, const DetectOptions& options,
+                                                      bool paste_masks = true);
 
 }  // namespace careserve

@@ -1,5 +1,6 @@
 #include "server/api/oip_service.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -359,6 +360,7 @@ struct InferState {
   ParsedInput input;
   RequestedOutputs outputs;
   DetectOptions detect;
+  bool paste_masks = false;  // "masks" is among the outputs asked for
   bool typed = false;  // answer in InferTensorContents, as the request came
   std::vector<std::vector<float>> probabilities;
   std::vector<std::vector<ClassScore>> top;
@@ -538,6 +540,8 @@ void OipInfer(Frontend* frontend, PendingCall* call, const ModelInferRequest* re
   absl::StatusOr<RequestedOutputs> outputs = ParseOutputs(*request, spec);
   if (!outputs.ok()) return call->Answer(outputs.status());
   state->outputs = std::move(*outputs);
+  state->paste_masks = std::find(state->outputs.names.begin(), state->outputs.names.end(), "masks") !=
+                       state->outputs.names.end();
   const bool detects = ServingTask(spec.task) == Task::kDetection;
   if (detects) {
     absl::StatusOr<DetectOptions> options = DetectOptionsFromParameters(request->parameters(), spec.postprocess);
@@ -580,7 +584,8 @@ void OipInfer(Frontend* frontend, PendingCall* call, const ModelInferRequest* re
       }
       case Task::kDetection:
       case Task::kInstanceSegmentation: {
-        absl::StatusOr<ImageDetections> answer = SelectImageDetections(spec, outputs, image, state->detect);
+        absl::StatusOr<ImageDetections> answer =
+            SelectImageDetections(spec, outputs, image, state->detect, state->paste_masks);
         if (!answer.ok()) return answer.status();
         state->detections[index] = std::move(*answer);
         return absl::OkStatus();
