@@ -503,14 +503,25 @@ absl::StatusOr<std::unique_ptr<HttpService>> HttpService::Start(Frontend* fronte
                HttpCall call(frontend, "ModelStatistics");
                absl::StatusOr<const ModelRepository*> repository = frontend->Available();
                absl::Status status = repository.status();
-               const std::string name = Group(req, 1);
-               if (status.ok() && !name.empty()) status = FindModel(**repository, name).status();
+               const std::string name = Group(req, 1), version = Group(req, 2);
+               std::vector<const RepositoryModel*> models;
+               if (status.ok() && !name.empty()) {
+                 absl::StatusOr<const RepositoryModel*> model = FindModel(**repository, name);
+                 status = model.status();
+                 int64_t v = 0;
+                 if (model.ok() && !version.empty() &&
+                     (!absl::SimpleAtoi(version, &v) || (*model)->versions.count(v) == 0)) {
+                   status = absl::NotFoundError(absl::StrCat("model \"", name, "\" has no version ", version));
+                 }
+                 if (model.ok()) models.push_back(*model);
+               } else if (status.ok()) {
+                 for (const auto& m : (*repository)->models()) models.push_back(m.get());
+               }
                call.Answer(status);
                if (!status.ok()) return ReplyError(res, status);
                const std::map<std::string, RequestStats> all = frontend->metrics()->InferenceStats();
                json list = json::array();
-               for (const auto& m : (*repository)->models()) {
-                 if (!name.empty() && m->name != name) continue;
+               for (const RepositoryModel* m : models) {
                  auto it = all.find(m->name);
                  list.push_back(StatsJson(m->name, it == all.end() ? RequestStats{} : it->second));
                }

@@ -666,6 +666,10 @@ TEST_F(HttpTest, ModelStatsCountEveryApisRequestsWithTheirLatencyHistogram) {
   Answer all = Get("/v2/models/stats");
   EXPECT_NE(all.body.dump().find("\"broken_model\""), std::string::npos) << all.body.dump();
   EXPECT_EQ(Get("/v2/models/no_such_model/stats").status, 404);
+  EXPECT_EQ(Get("/v2/models/care_s0_cls/versions/1/stats").body["model_stats"][0]["name"], "care_s0_cls");
+  Answer version = Get("/v2/models/care_s0_cls/versions/7/stats");
+  EXPECT_EQ(version.status, 404);
+  EXPECT_NE(version.error().find("no version 7"), std::string::npos) << version.body.dump();
 }
 
 TEST_F(HttpTest, TheConsoleIsServedFromTheServerWithNothingFromElsewhere) {
