@@ -2,12 +2,17 @@
 
     /usr/bin/python3 -m carevision.export --arch care_s0 --task classification --out REPO \\
         [--name NAME] [--checkpoint FILE] [--num-classes N --labels FILE] [--input-size H W]
+        [--precision fp32|bf16 --calibration DIR]
 
 Writes REPO/NAME/config.json, REPO/NAME/labels.txt and REPO/NAME/<version>/model.pt
 (TorchScript, frozen). The server runs torch::jit::optimize_for_inference after loading:
 PyTorch 1.13 cannot load a module saved after that pass. Before writing anything, the
 saved-and-reloaded TorchScript is run on a random batch, plain and optimised, and must
 match the eager model within 1e-4 relative.
+
+--precision bf16 writes a graph whose backbone computes in bfloat16 (precision.py). Its
+accuracy guard (guard.py) runs it, optimised as the server will, next to the fp32 model on
+the images of --calibration DIR, and refuses to write it past the thresholds it prints.
 """
 import argparse
 import copy
@@ -22,6 +27,8 @@ import torch
 
 from . import DEFAULT_NUM_CLASSES, TASKS, create_model, list_backbones
 from .fold import fold_batchnorms
+from . import guard
+from .precision import PRECISIONS, to_precision
 from .checkpoint import (CheckpointError, infer_head_options, infer_num_classes, load_checkpoint,
                          read_state_dict, sha256_of)
 from .verify import RTOL, compare
@@ -78,14 +85,37 @@ def inference_copy(model: torch.nn.Module) -> Tuple[torch.nn.Module, int]:
     return folded, fold_batchnorms(folded)
 
 
+def reload(frozen: torch.jit.ScriptModule) -> Tuple[torch.jit.ScriptModule, torch.jit.ScriptModule]:
+    """(the saved-and-reloaded graph, the same optimised as care-server optimises it)."""
+    buffer = io.BytesIO()
+    torch.jit.save(frozen, buffer)
+    loaded = torch.jit.load(io.BytesIO(buffer.getvalue()))
+    return loaded, torch.jit.optimize_for_inference(torch.jit.load(io.BytesIO(buffer.getvalue())))
+
+
+def accuracy_check(args, model, frozen) -> dict:
+    """The guard of a lower-precision graph: its optimised reload against fp32 eager."""
+    height, width = args.input_size
+    _, optimised = reload(frozen)
+    files = guard.image_files(args.calibration, args.calibration_images)
+    thresholds = {k: getattr(args, k) for k in guard.DEFAULT_THRESHOLDS}
+    batches = guard.batches_of(files, args.task, height, width, MEAN, STD, args.crop_pct)
+    report = guard.check(args.task, model, optimised, batches, thresholds)
+    report["calibration"] = os.path.basename(os.path.normpath(args.calibration))
+    shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()
+                      if k not in ("thresholds", "passed", "failures", "calibration"))
+    limits = ", ".join(f"{k} {v}" for k, v in report["thresholds"].items())
+    print(f"accuracy guard: {args.precision} against fp32 on {args.calibration}: {shown} (thresholds: {limits})",
+          file=sys.stderr)
+    if not report["passed"]:
+        raise ExportError(f"{args.precision} export refused by the accuracy guard: " + "; ".join(report["failures"]))
+    return report
+
+
 def verify(model, frozen, task: str, height: int, width: int, num_classes: int, batch: int = 2,
            seed: int = 0) -> dict:
     """Saves and reloads `frozen`, runs it plain and optimised against eager. Returns the report."""
-    buffer = io.BytesIO()
-    torch.jit.save(frozen, buffer)
-    buffer.seek(0)
-    loaded = torch.jit.load(buffer)
-    optimised = torch.jit.optimize_for_inference(torch.jit.load(io.BytesIO(buffer.getvalue())))
+    loaded, optimised = reload(frozen)
     x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         eager = model(x)
@@ -116,6 +146,7 @@ def build_config(args, name: str, num_classes: int, weights: dict, report: dict,
             "max_queue_delay_us": args.max_queue_delay_us,
             "queue_capacity": args.queue_capacity,
         },
+        "precision": args.precision,
         "export": dict(report, torch=torch.__version__, format="torchscript-frozen"),
     }
     if args.instances is not None:
@@ -137,6 +168,11 @@ def export(args) -> str:
     height, width = args.input_size
     if height <= 0 or width <= 0 or height % 32 or width % 32:
         raise ExportError(f"--input-size {height} {width}: both must be positive multiples of 32")
+    if args.precision != "fp32" and not args.calibration:
+        raise ExportError(f"--precision {args.precision} needs --calibration DIR: images its accuracy "
+                          "guard compares it with fp32 on")
+    if args.calibration:
+        guard.image_files(args.calibration, args.calibration_images)  # fail before the slow part
     state_dict, weights = None, {"source": "random", "seed": args.seed}
     num_classes: Optional[int] = args.num_classes
     head_options = {}
@@ -167,7 +203,8 @@ def export(args) -> str:
                    "sha256": sha256_of(args.checkpoint), "scope": scope}
     model.eval()
 
-    name = args.name or f"{args.arch}{HEAD_NAME[args.task]}_{DATASET[args.task] if args.labels is None else 'custom'}"
+    name = args.name or (f"{args.arch}{HEAD_NAME[args.task]}_{DATASET[args.task] if args.labels is None else 'custom'}"
+                         + ("" if args.precision == "fp32" else f"_{args.precision}"))
     model_dir = os.path.join(args.out, name)
     version = args.version or next_version(model_dir)
     if args.no_fold_batchnorm:
@@ -177,6 +214,10 @@ def export(args) -> str:
     frozen = script_and_freeze(folded)
     report = verify(model, frozen, args.task, height, width, num_classes)
     report["batchnorms_folded_into_convs"] = bn_folded
+    accuracy = None
+    if args.precision != "fp32":
+        frozen = script_and_freeze(to_precision(folded, args.task, args.precision))
+        accuracy = accuracy_check(args, model, frozen)
 
     os.makedirs(os.path.join(model_dir, str(version)), exist_ok=True)
     target = os.path.join(model_dir, str(version), "model.pt")
@@ -187,6 +228,8 @@ def export(args) -> str:
     with open(os.path.join(model_dir, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(labels) + "\n")
     config = build_config(args, name, num_classes, weights, report, head_options)
+    if accuracy is not None:
+        config["accuracy_check"] = accuracy
     with open(os.path.join(model_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
@@ -218,6 +261,15 @@ def parser() -> argparse.ArgumentParser:
                    help="mark the model as its task's default (requests with an empty model)")
     p.add_argument("--no-fold-batchnorm", action="store_true",
                    help="keep BatchNorms before convolutions (only to measure what folding gains)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16: the backbone computes in bfloat16 (needs --calibration; fast on CPUs "
+                        "with avx512_bf16 or amx_bf16)")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="images (png, jpg, ...) the accuracy guard compares a lower precision with fp32 on")
+    p.add_argument("--calibration-images", type=int, default=300, help="at most this many of them")
+    for key, value in guard.DEFAULT_THRESHOLDS.items():
+        p.add_argument(f"--{key.replace('_', '-')}", type=float, default=value,
+                       help=f"accuracy guard threshold (default {value})")
     p.add_argument("--max-batch-size", type=int, default=DEFAULT_BATCHING["max_batch_size"])
     p.add_argument("--max-queue-delay-us", type=int, default=DEFAULT_BATCHING["max_queue_delay_us"])
     p.add_argument("--queue-capacity", type=int, default=DEFAULT_BATCHING["queue_capacity"])
@@ -236,7 +288,7 @@ def main(argv=None) -> int:
         return 2
     try:
         export(args)
-    except (ExportError, CheckpointError, OSError) as e:
+    except (ExportError, CheckpointError, guard.GuardError, OSError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 1
     return 0
