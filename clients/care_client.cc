@@ -179,14 +179,16 @@ int List(Stubs* stubs) {
     PrintJson(response);
     return 0;
   }
-  std::printf("%-28s %-15s %-10s %-9s %7s %-8s %-10s %s\n", "MODEL", "TASK", "ARCH", "INPUT", "CLASSES", "VERSIONS",
-              "WEIGHTS", "STATUS");
+  std::printf("%-28s %-21s %-10s %-9s %7s %-8s %-10s %-9s %s\n", "MODEL", "TASK", "ARCH", "INPUT", "CLASSES",
+              "VERSIONS", "WEIGHTS", "PRECISION", "STATUS");
   for (const v1::ModelInfo& m : response.models()) {
-    std::printf("%-28s %-15s %-10s %-9s %7d %-8s %-10s %s\n", m.name().c_str(), m.task().c_str(),
+    std::string status = m.ready() ? "ready" : "FAILED: " + m.error();
+    if (m.ready() && !m.error().empty()) status += "; " + m.error();
+    if (!m.precision_note().empty()) status += "; " + m.precision_note();
+    std::printf("%-28s %-21s %-10s %-9s %7d %-8s %-10s %-9s %s\n", m.name().c_str(), m.task().c_str(),
                 m.architecture().c_str(), absl::StrCat(m.input_height(), "x", m.input_width()).c_str(),
                 m.num_classes(), absl::StrJoin(m.versions(), ",").c_str(), m.weights_source().c_str(),
-                m.ready() ? (m.error().empty() ? "ready" : ("ready; " + m.error()).c_str())
-                          : ("FAILED: " + m.error()).c_str());
+                m.precision().empty() ? "-" : m.precision().c_str(), status.c_str());
   }
   return 0;
 }

@@ -52,7 +52,8 @@ def main(argv=None) -> int:
                 for m in stub.ListModels(pb.ListModelsRequest(), timeout=args.timeout).models:
                     state = "ready" if m.ready else f"FAILED: {m.error}"
                     print(f"{m.name}\t{m.task}\t{m.architecture}\t{m.input_height}x{m.input_width}\t"
-                          f"weights={m.weights_source}\tversions={list(m.versions)}\t{state}")
+                          f"weights={m.weights_source}\tprecision={m.precision or '-'}\t"
+                          f"versions={list(m.versions)}\t{state}")
             else:
                 with open(args.image, "rb") as f:
                     request = pb.ClassifyRequest(model=args.model, top_k=args.top_k,

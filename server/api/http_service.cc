@@ -362,7 +362,12 @@ json ConfigJson(const RepositoryModel& m) {
   out["weights"] = {{"source", spec.weights_source}};
   out["default"] = spec.is_default;
   // The weights' type of the latest version, as the engine found it.
-  if (!m.versions.empty()) out["precision"] = m.versions.rbegin()->second->engine->precision();
+  if (!m.versions.empty()) {
+    out["precision"] = m.versions.rbegin()->second->precision;
+    if (!m.versions.rbegin()->second->precision_note.empty()) {
+      out["precision_note"] = m.versions.rbegin()->second->precision_note;
+    }
+  }
   if (spec.task == Task::kDetection || spec.task == Task::kInstanceSegmentation) {
     out["postprocess"] = {{"score_threshold", spec.postprocess.score_threshold},
                           {"iou_threshold", spec.postprocess.iou_threshold},

@@ -148,6 +148,10 @@ grpc::ServerUnaryReactor* VisionService::ListModels(grpc::CallbackServerContext*
       info->set_num_classes(m->spec->num_classes);
       info->set_weights_source(m->spec->weights_source);
     }
+    if (!m->versions.empty()) {
+      info->set_precision(m->versions.rbegin()->second->precision);
+      info->set_precision_note(m->versions.rbegin()->second->precision_note);
+    }
     info->set_ready(m->ready());
     info->set_error(absl::StrJoin(m->errors, "; "));
   }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <exception>
 #include <map>
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -45,6 +46,7 @@ RowOutputs CopyRow(const BatchOutputs& outputs, int row) {
 struct TorchModel::Impl {
   torch::jit::Module module;
   std::string precision;
+  std::set<std::string> weight_types;
 };
 
 TorchModel::TorchModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -134,7 +136,8 @@ void CountWeights(torch::jit::Block* block, std::map<std::string, int64_t>* elem
 }
 
 // "fp32", "fp16", "bf16" or "int8": the type holding most of the weights; "" if none.
-std::string WeightPrecision(const torch::jit::Module& module) {
+// (the type of most weights, every type found) in careserve's names.
+std::pair<std::string, std::set<std::string>> WeightPrecision(const torch::jit::Module& module) {
   std::map<std::string, int64_t> elements;
   for (const torch::Tensor& t : module.parameters()) elements[c10::toString(t.scalar_type())] += t.numel();
   for (const torch::Tensor& t : module.buffers()) elements[c10::toString(t.scalar_type())] += t.numel();
@@ -143,15 +146,18 @@ std::string WeightPrecision(const torch::jit::Module& module) {
       {"Float", "fp32"}, {"Double", "fp64"}, {"Half", "fp16"}, {"BFloat16", "bf16"}, {"QInt8", "int8"},
       {"QUInt8", "int8"}};
   std::string best;
+  std::set<std::string> found;
   int64_t most = 0;
   for (const auto& [type, n] : elements) {
     auto it = kNames.find(type);
-    if (it != kNames.end() && n > most) {
+    if (it == kNames.end()) continue;
+    found.insert(it->second);
+    if (n > most) {
       best = it->second;
       most = n;
     }
   }
-  return best;
+  return {best, found};
 }
 
 }  // namespace
@@ -162,7 +168,7 @@ absl::StatusOr<std::unique_ptr<TorchModel>> TorchModel::Load(const std::string& 
   try {
     impl->module = torch::jit::load(path, torch::kCPU);
     impl->module.eval();
-    impl->precision = WeightPrecision(impl->module);
+    std::tie(impl->precision, impl->weight_types) = WeightPrecision(impl->module);
     if (options.optimize) impl->module = torch::jit::optimize_for_inference(impl->module);
   } catch (const std::exception& e) {
     const std::string first = FirstLine(e.what());
@@ -175,6 +181,7 @@ absl::StatusOr<std::unique_ptr<TorchModel>> TorchModel::Load(const std::string& 
 }
 
 const std::string& TorchModel::precision() const { return impl_->precision; }
+const std::set<std::string>& TorchModel::weight_types() const { return impl_->weight_types; }
 
 absl::StatusOr<BatchOutputs> TorchModel::Run(float* input, int batch, int height, int width,
                                               const std::vector<int64_t>* image_sizes) const {

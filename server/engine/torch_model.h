@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -78,6 +79,8 @@ class TorchModel {
   // The type of most of the weights as loaded ("fp32", "fp16", "bf16", "int8"), "" if the
   // module has none that can be read; the console and /v2/models/{name}/config show it.
   const std::string& precision() const;
+  // Every type found among the weights, in the same names.
+  const std::set<std::string>& weight_types() const;
 
  private:
   struct Impl;

@@ -89,7 +89,8 @@ ServerMetrics::ServerMetrics()
                           .Register(*registry_)),
       model_info_(prometheus::BuildGauge()
                       .Name("care_model_info")
-                      .Help("1 for every model version being served; weights=random means its answers mean nothing.")
+                      .Help("1 for every model version being served; weights=random means its answers mean nothing; "
+                            "precision is fp32, bf16 or int8.")
                       .Register(*registry_)),
       model_ready_(prometheus::BuildGauge()
                        .Name("care_model_ready")
@@ -139,13 +140,15 @@ void ServerMetrics::ObserveRequest(const std::string& api, const std::string& me
 }
 
 void ServerMetrics::SetModelInfo(const std::string& model, int64_t version, const std::string& task,
-                                 const std::string& architecture, const std::string& weights) {
+                                 const std::string& architecture, const std::string& weights,
+                                 const std::string& precision) {
   model_info_
       .Add({{"model", model},
             {"version", std::to_string(version)},
             {"task", task},
             {"architecture", architecture},
-            {"weights", weights}})
+            {"weights", weights},
+            {"precision", precision}})
       .Set(1);
 }
 

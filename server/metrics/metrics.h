@@ -63,12 +63,12 @@ class ServerMetrics {
                       absl::Duration duration);
   // care_server_ready: 1 while health is SERVING (models warm, not draining), else 0.
   void SetReady(bool ready) { ready_.Set(ready ? 1 : 0); }
-  // care_model_info{model, version, task, architecture, weights} = 1.
+  // care_model_info{model, version, task, architecture, weights, precision} = 1.
   // care_model_ready{model}: 1 when at least one version of the model is served, 0 when
   // it failed to load (ListModels and the log say why).
   void SetModelReady(const std::string& model, bool ready) { model_ready_.Add({{"model", model}}).Set(ready ? 1 : 0); }
   void SetModelInfo(const std::string& model, int64_t version, const std::string& task,
-                    const std::string& architecture, const std::string& weights);
+                    const std::string& architecture, const std::string& weights, const std::string& precision);
   // Per model name, the models that have been asked anything.
   std::map<std::string, RequestStats> InferenceStats() const;
 

@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "careserve/config/v1/model_config.pb.h"
 #include "google/protobuf/util/json_util.h"
+#include "server/engine/precision.h"
 
 namespace careserve {
 namespace {
@@ -159,6 +160,11 @@ absl::StatusOr<ModelSpec> SpecFromConfig(const ModelConfig& config, const std::v
   if (spec.weights_source != "random" && spec.weights_source != "checkpoint" && spec.weights_source != "unknown") {
     return absl::InvalidArgumentError(absl::StrCat("weights.source must be \"random\" or \"checkpoint\", got \"",
                                                    spec.weights_source, "\""));
+  }
+  spec.precision = config.precision();
+  if (!spec.precision.empty() && !IsKnownPrecision(spec.precision)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("precision must be \"fp32\", \"bf16\" or \"int8\", got \"", spec.precision, "\""));
   }
   spec.labels = labels;
   spec.num_classes = config.has_num_classes() ? config.num_classes() : static_cast<int>(labels.size());

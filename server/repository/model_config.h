@@ -31,6 +31,8 @@ struct ModelSpec {
   int num_classes = 0;
   // "random" or "checkpoint".
   std::string weights_source;
+  // config.json's "precision" ("" when absent): fp32, bf16 or int8.
+  std::string precision;
   InputSpec input;
   // batching.instances 0 (left out of config.json): every engine thread may run the model.
   QueueOptions batching;

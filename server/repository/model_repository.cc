@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "server/common/log.h"
+#include "server/engine/precision.h"
 
 namespace careserve {
 namespace {
@@ -110,6 +111,14 @@ void ModelRepository::LoadModel(const std::string& dir, RepositoryModel* model, 
       model->errors.push_back(absl::StrCat("version ", version, ": ", engine.status().message()));
       continue;
     }
+    absl::StatusOr<std::string> precision =
+        ServedPrecision(s.precision, (*engine)->precision(), (*engine)->weight_types());
+    if (!precision.ok()) {
+      model->errors.push_back(absl::StrCat("version ", version, ": ", precision.status().message()));
+      continue;
+    }
+    served->precision = *precision;
+    served->precision_note = PrecisionNote(*precision, CpuFlags());
     served->engine = std::move(*engine);
     served->scheduler = std::make_unique<ModelScheduler>(s, served->engine.get(), model_metrics, options.batch_policy,
                                                          options.scheduler);
@@ -124,7 +133,7 @@ void ModelRepository::LoadModel(const std::string& dir, RepositoryModel* model, 
          {"task", TaskName(s.task)},
          {"architecture", s.architecture},
          {"weights", s.weights_source},
-         {"precision", served->engine->precision()},
+         {"precision", served->precision},
          {"input", absl::StrCat(s.input.height, "x", s.input.width)},
          {"classes", std::to_string(s.num_classes)},
          {"max_batch_size", std::to_string(s.batching.max_batch_size)},
@@ -135,11 +144,15 @@ void ModelRepository::LoadModel(const std::string& dir, RepositoryModel* model, 
                                    " (", s.batching.max_batch_size, ")")},
          {"load_ms", std::to_string(absl::ToInt64Milliseconds(loaded - start))},
          {"warmup_ms", std::to_string(absl::ToInt64Milliseconds(absl::Now() - loaded))}});
+    if (!served->precision_note.empty()) {
+      Log(LogLevel::kWarning, "model precision runs slowly on this CPU",
+          {{"model", s.name}, {"version", std::to_string(version)}, {"reason", served->precision_note}});
+    }
     if (s.weights_source == "random") {
       Log(LogLevel::kWarning, "model has random weights: its answers mean nothing",
           {{"model", s.name}, {"version", std::to_string(version)}});
     }
-    metrics->SetModelInfo(s.name, version, TaskName(s.task), s.architecture, s.weights_source);
+    metrics->SetModelInfo(s.name, version, TaskName(s.task), s.architecture, s.weights_source, served->precision);
     model->versions[version] = std::move(served);
   }
 }

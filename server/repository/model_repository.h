@@ -36,6 +36,9 @@ struct ServedModel {
   ModelMetrics* metrics = nullptr;
   std::unique_ptr<TorchModel> engine;
   std::unique_ptr<ModelScheduler> scheduler;
+  // fp32, bf16 or int8 (engine/precision.h); `precision_note` says when this CPU runs it slowly.
+  std::string precision;
+  std::string precision_note;
 };
 
 // One model directory, served or not.

@@ -124,6 +124,7 @@ def test_model_table_lists_every_model_as_listmodels_does(server, seen):
             assert row["task"] == info["task"] and row["weights"] == info["weights_source"], (row, info)
             assert row["input"] == f'{info["input_width"]}×{info["input_height"]}', row
             assert row["versions"] == ", ".join(str(v) for v in info["versions"]), row
+            assert row["precision"] == info["precision"], (row, info)
         else:
             # The server's own words for why it failed.
             assert row["state"] == f'failed: {info["error"]}', row

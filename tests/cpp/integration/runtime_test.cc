@@ -98,7 +98,7 @@ TEST_F(ServerTest, MetricsEndpointExportsTheContractsMetrics) {
   EXPECT_GE(Sample(metrics, R"(care_requests_total{api="vision",code="INVALID_ARGUMENT",method="Classify",model="care_s0_cls"})"),
             1);
   EXPECT_GE(Sample(metrics, R"(care_requests_total{api="vision",code="OK",method="Classify",model="care_s0_cls"})"), 1);
-  EXPECT_EQ(Sample(metrics, R"(care_model_info{architecture="care_s0",model="care_s0_cls",task="classification",)"
+  EXPECT_EQ(Sample(metrics, R"(care_model_info{architecture="care_s0",model="care_s0_cls",precision="fp32",task="classification",)"
                             R"(version="1",weights="random"})"),
             1);
   EXPECT_EQ(Sample(metrics, R"(care_inflight_requests{model="care_s0_cls"})"), 0);

@@ -31,7 +31,18 @@ TEST(ModelConfig, ClassificationDefaults) {
   EXPECT_EQ(spec->batching.queue_capacity, 256);
   EXPECT_EQ(spec->batching.instances, 0);  // every engine thread
   EXPECT_EQ(spec->weights_source, "unknown");
+  EXPECT_EQ(spec->precision, "");  // the graph's own weight type is then reported
   EXPECT_FALSE(spec->is_default);
+}
+
+TEST(ModelConfig, PrecisionIsOneTheServerKnows) {
+  const std::string head = R"({"name": "m", "task": "classification", "input": {"height": 64, "width": 48}, )";
+  auto bf16 = ParseModelSpec(head + R"("precision": "bf16"})", Labels(10));
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  EXPECT_EQ(bf16->precision, "bf16");
+  auto bad = ParseModelSpec(head + R"("precision": "fp8"})", Labels(10));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(), "precision must be \"fp32\", \"bf16\" or \"int8\", got \"fp8\"");
 }
 
 TEST(ModelConfig, DenseDefaultsAndExplicitValues) {
