@@ -29,6 +29,9 @@ MODELS = {"classify": CLASSIFIER, "detect": "care_s0_retinanet_coco", "segment":
 # detections, each with its mask: the cost of a full answer (an untrained head finds nothing).
 MASK_RCNN = "care_s0_maskrcnn_coco_full"
 MASK_RCNN_CONCURRENCY = [1, 4, 16]
+# The classifier exported with --precision bf16 (random weights, as CLASSIFIER), for the engine's
+# precision comparison.
+BF16 = "care_s0_imagenet_bf16"
 MASK_RCNN_CHECKPOINT = """
 import sys, torch, carevision
 torch.manual_seed(0)
@@ -97,6 +100,13 @@ def export(settings):
         run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--task", "instance_segmentation",
              "--out", settings.repository, "--name", MASK_RCNN, "--version", "1", "--input-size", "512", "512",
              "--checkpoint", checkpoint, "--max-batch-size", "4"], env=model_env)
+    precision = os.path.join(BUILD, "bench_precision_repository")
+    if not os.path.isfile(os.path.join(precision, BF16, "1", "model.pt")):
+        # Random weights, like the fp32 model it is compared with: the guard's thresholds are off
+        # (its figures are still printed and kept); only speed is measured here.
+        run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--out", precision, "--name", BF16,
+             "--version", "1", "--precision", "bf16", "--calibration", os.path.join(BUILD, "samples"),
+             "--min-top1-agreement", "0", "--max-score-error", "1"], env=model_env)
     stock = os.path.join(BUILD, "bench_stock_repository")
     if not os.path.isfile(os.path.join(stock, "care_s0_stock", "1", "model.pt")):
         run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--out", stock, "--name", "care_s0_stock",
@@ -759,16 +769,18 @@ def main():
     started = time.time()
     info = machine()  # first: the commit measured, before this run rewrites the report
     log("exporting repositories")
-    stock = export(settings)
+    stock, precision = export(settings)
     log("ONNX Runtime baseline: npm ci, ONNX export, check")
     ort_info = ort_setup()
     log("engine ceiling and ONNX Runtime")
     runs = {name: [] for name, _, _ in ENGINE_LAYOUTS}
     ort_runs = {name: [] for name, _, _ in ORT_LAYOUTS}
+    bf16_runs = {name: [] for name, _, _ in ENGINE_LAYOUTS}
     stock_runs = []
     for _ in range(settings.repeats):  # interleaved, so that drift hits all alike
         for name, flags, batches in ENGINE_LAYOUTS:
             runs[name].append(engine(settings, os.path.join(settings.repository, CLASSIFIER), flags, batches))
+            bf16_runs[name].append(engine(settings, os.path.join(precision, BF16), flags, batches))
         for name, sessions, threads in ORT_LAYOUTS:
             ort_runs[name].append(ort(settings, ort_info, sessions, threads))
         stock_runs.append(engine(settings, os.path.join(stock, "care_s0_stock"), STOCK_FLAGS, env=STOCK_ENV,
@@ -777,6 +789,7 @@ def main():
     ort_rows = {name: median_engine(r) for name, r in ort_runs.items()}
     ort_runs_ratio = (ceiling_best(engine_rows)[1]["throughput_ips"], ort_best(ort_rows)[0][1]["throughput_ips"])
     stock_rows = median_engine(stock_runs)
+    bf16_rows = {name: median_engine(r) for name, r in bf16_runs.items()}
 
     log("preprocessing stages")
     preprocess_rows = preprocess_stages(settings)
@@ -921,6 +934,16 @@ def main():
         f"{' '.join(STOCK_FLAGS)}`):",
         "",
         *table_engine(stock_rows),
+        "",
+        "### Precision: bf16 against fp32",
+        "",
+        f"The same classifier exported with `--precision bf16` (backbone and head in bfloat16, fp32 in and out; "
+        "random weights, so the accuracy guard's thresholds are set off for this export), run by care-engine-bench "
+        "in each layout right after the fp32 run of the tables above, same flags, median of "
+        f"{settings.repeats}. The fastest precision per batch is what the default repository should serve "
+        "(it serves fp32).",
+        "",
+        *table_precision(engine_rows, bf16_rows),
         "",
         "## ONNX Runtime",
         "",

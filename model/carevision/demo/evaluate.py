@@ -3,7 +3,7 @@
 postprocessing).
 
     /usr/bin/python3 -m carevision.demo.evaluate --server localhost:50051 \\
-        [--images 10000] [--scenes 1000] [--seed 2024] [--json FILE]
+        [--images 10000] [--scenes 1000] [--seed 2024] [--json FILE] [--precisions fp32 bf16]
 
 - classification: top-1 accuracy on the first `--images` Fashion-MNIST test images.
 - detection: COCO-style mAP@0.5 (per-class AP, 101-point interpolated precision, mean over
@@ -14,6 +14,12 @@ postprocessing).
 - instance_segmentation: the Mask R-CNN's box mAP@0.5 as for detection, and its mask
   AP@0.5 the same way with mask IoU (each detection's COCO RLE decoded here against the
   item's own pixels), on the same scenes.
+
+With --precisions, each precision other than fp32 is evaluated too, on the models named
+with a `_PRECISION` suffix (scripts/evaluate_demo.sh exports them), and held to fp32's
+figures: accuracy within 0.5 points, mAP@0.5 and mIoU within 0.01 (PRECISION_TARGETS). The
+report keeps fp32's figures at the top and the others under "precisions"; the exit status
+is 1 when a precision misses a target.
 """
 import argparse
 import json
@@ -209,7 +215,24 @@ def segmentation_miou(stub, pb, scenes: List[fashion.Scene], model: str = SEGMEN
             "pixel_accuracy": float(tp.sum() / confusion.sum()), "per_class_iou": iou}
 
 
-def evaluate(server: str, images: int, scenes: int, seed: int, tasks: Sequence[str]) -> Dict:
+# (task, figure): the most a lower precision may lose against fp32 through the server.
+PRECISION_TARGETS = {("classification", "accuracy"): 0.005, ("detection", "map50"): 0.01,
+                     ("segmentation", "miou"): 0.01, ("instance_segmentation", "box_map50"): 0.01,
+                     ("instance_segmentation", "mask_map50"): 0.01}
+
+
+def compare_precision(fp32: Dict, other: Dict) -> Dict:
+    """Per target figure: both values, the loss against fp32 and whether it is within target."""
+    out = {}
+    for (task, figure), limit in PRECISION_TARGETS.items():
+        if task in fp32 and task in other:
+            loss = fp32[task][figure] - other[task][figure]
+            out[f"{task}.{figure}"] = {"fp32": round(fp32[task][figure], 4), "value": round(other[task][figure], 4),
+                                       "loss": round(loss, 4), "limit": limit, "met": loss <= limit}
+    return out
+
+
+def evaluate(server: str, images: int, scenes: int, seed: int, tasks: Sequence[str], suffix: str = "") -> Dict:
     pb, pb_grpc = load_stubs()
     report = {}
     with grpc.insecure_channel(server, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
@@ -217,20 +240,21 @@ def evaluate(server: str, images: int, scenes: int, seed: int, tasks: Sequence[s
         if "classification" in tasks:
             t0 = time.time()
             test_images, test_labels = fashion.load("test")
-            report["classification"] = classification_accuracy(stub, pb, test_images[:images], test_labels[:images])
+            report["classification"] = classification_accuracy(stub, pb, test_images[:images], test_labels[:images],
+                                                               model=CLASSIFIER + suffix)
             report["classification"]["seconds"] = round(time.time() - t0, 1)
         test_scenes = list(fashion.scenes("test", scenes, seed)) if scenes else []
         if "detection" in tasks:
             t0 = time.time()
-            report["detection"] = detection_map(stub, pb, test_scenes)
+            report["detection"] = detection_map(stub, pb, test_scenes, model=DETECTOR + suffix)
             report["detection"]["seconds"] = round(time.time() - t0, 1)
         if "segmentation" in tasks:
             t0 = time.time()
-            report["segmentation"] = segmentation_miou(stub, pb, test_scenes)
+            report["segmentation"] = segmentation_miou(stub, pb, test_scenes, model=SEGMENTER + suffix)
             report["segmentation"]["seconds"] = round(time.time() - t0, 1)
         if "instance_segmentation" in tasks:
             t0 = time.time()
-            report["instance_segmentation"] = instance_map(stub, pb, test_scenes)
+            report["instance_segmentation"] = instance_map(stub, pb, test_scenes, model=INSTANCES + suffix)
             report["instance_segmentation"]["seconds"] = round(time.time() - t0, 1)
     return report
 
@@ -245,14 +269,27 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", nargs="+",
                    default=["classification", "detection", "segmentation", "instance_segmentation"])
     p.add_argument("--json", help="also write the report here")
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16"),
+                   help="precisions to evaluate; other than fp32, models named NAME_PRECISION")
     args = p.parse_args(argv)
     report = evaluate(args.server, args.images, args.scenes, args.seed, args.tasks)
+    missed = []
+    for precision in args.precisions:
+        if precision == "fp32":
+            continue
+        other = evaluate(args.server, args.images, args.scenes, args.seed, args.tasks, suffix=f"_{precision}")
+        comparison = compare_precision(report, other)
+        report.setdefault("precisions", {})[precision] = {"against_fp32": comparison, "report": other}
+        missed += [f"{precision} {name}: loses {c['loss']} > {c['limit']}" for name, c in comparison.items()
+                   if not c["met"]]
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
         with open(args.json, "w") as f:
             f.write(text + "\n")
-    return 0
+    for line in missed:
+        print(f"evaluate: target missed: {line}", file=sys.stderr)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
