@@ -50,6 +50,10 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim
     return out.transpose(-2, -1).reshape(b, g, h, w)
 
 
+# A leaf for torch.fx: its reshapes read the traced shape, and it stays fp32 in an int8 export.
+torch.fx.wrap("linear_attention")
+
+
 class TokenMixer(nn.Module):
     """Decoupled token mixing: the channels split into memory (passed through), an
     attention part and two local depthwise-conv parts (3x3 and 7x7)."""
@@ -67,7 +71,9 @@ class TokenMixer(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        mem, a, c1, c2 = torch.split(x, self.splits, dim=1)
+        # indexed, not unpacked: torch.fx (int8 export) cannot unpack a traced value
+        parts = torch.split(x, self.splits, dim=1)
+        mem, a, c1, c2 = parts[0], parts[1], parts[2], parts[3]
         f = torch.cat([self.attend(a), self.dwconv1(c1), self.dwconv2(c2)], dim=1)
         return mem, f
 
@@ -97,7 +103,8 @@ class LinearAttentionMixer(TokenMixer):
         self.qk = nn.Conv2d(g, 2 * g, 1)
 
     def attend(self, a: torch.Tensor) -> torch.Tensor:
-        q, k = self.qk(a).chunk(2, dim=1)
+        qk = self.qk(a).chunk(2, dim=1)
+        q, k = qk[0], qk[1]
         return linear_attention(q, k, a, self.head_dim)
 
 

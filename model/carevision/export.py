@@ -2,7 +2,7 @@
 
     /usr/bin/python3 -m carevision.export --arch care_s0 --task classification --out REPO \\
         [--name NAME] [--checkpoint FILE] [--num-classes N --labels FILE] [--input-size H W]
-        [--precision fp32|bf16 --calibration DIR]
+        [--precision fp32|bf16|int8 --calibration DIR]
 
 Writes REPO/NAME/config.json, REPO/NAME/labels.txt and REPO/NAME/<version>/model.pt
 (TorchScript, frozen). The server runs torch::jit::optimize_for_inference after loading:
@@ -10,8 +10,8 @@ PyTorch 1.13 cannot load a module saved after that pass. Before writing anything
 saved-and-reloaded TorchScript is run on a random batch, plain and optimised, and must
 match the eager model within 1e-4 relative.
 
---precision bf16 writes a graph whose backbone computes in bfloat16 (precision.py). Its
-accuracy guard (guard.py) runs it, optimised as the server will, next to the fp32 model on
+--precision bf16 writes a graph whose backbone computes in bfloat16, int8 one whose backbone
+is quantized on the --calibration images (precision.py). Its accuracy guard (guard.py) runs it, optimised as the server will, next to the fp32 model on
 the images of --calibration DIR, and refuses to write it past the thresholds it prints.
 """
 import argparse
@@ -216,7 +216,11 @@ def export(args) -> str:
     report["batchnorms_folded_into_convs"] = bn_folded
     accuracy = None
     if args.precision != "fp32":
-        frozen = script_and_freeze(to_precision(folded, args.task, args.precision))
+        calibration = None
+        if args.precision == "int8":
+            files = guard.image_files(args.calibration, args.calibration_images)
+            calibration = guard.batches_of(files, args.task, height, width, MEAN, STD, args.crop_pct)
+        frozen = script_and_freeze(to_precision(folded, args.task, args.precision, calibration))
         accuracy = accuracy_check(args, model, frozen)
 
     os.makedirs(os.path.join(model_dir, str(version)), exist_ok=True)
@@ -262,10 +266,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fold-batchnorm", action="store_true",
                    help="keep BatchNorms before convolutions (only to measure what folding gains)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="bf16: the backbone computes in bfloat16 (needs --calibration; fast on CPUs "
-                        "with avx512_bf16 or amx_bf16)")
+                   help="bf16: the backbone computes in bfloat16; int8: it is quantized, activations "
+                        "observed on the calibration images (both need --calibration)")
     p.add_argument("--calibration", metavar="DIR",
-                   help="images (png, jpg, ...) the accuracy guard compares a lower precision with fp32 on")
+                   help="images (png, jpg, ...) int8 is calibrated on and the accuracy guard compares a "
+                        "lower precision with fp32 on")
     p.add_argument("--calibration-images", type=int, default=300, help="at most this many of them")
     for key, value in guard.DEFAULT_THRESHOLDS.items():
         p.add_argument(f"--{key.replace('_', '-')}", type=float, default=value,

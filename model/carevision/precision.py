@@ -4,16 +4,18 @@ bf16 runs the backbone in bfloat16 between fp32 edges: the graph takes and retur
 so the server feeds and reads it like any other model. For detection and segmentation only
 the backbone is bf16; the neck and heads stay fp32 because box decoding, NMS, RoIAlign and
 mask pasting compare scores and coordinates that bf16's 8-bit mantissa would blur.
+
+int8 quantizes the same part statically with torch.fx and oneDNN's qconfig (per-channel
+int8 weights, uint8 activations observed on calibration images); the linear attention's
+matrix products stay fp32. The server selects the oneDNN quantized engine to run it.
 """
 import copy
-from typing import List
+from typing import Iterable, List, Optional
 
 import torch
 import torch.nn as nn
 
-PRECISIONS = ("fp32", "bf16")
-# Instructions that make each precision fast on x86 (oneDNN); without them it is emulated.
-FAST_WITH = {"bf16": ("avx512_bf16", "amx_bf16")}
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class Bf16Classifier(nn.Module):
@@ -40,13 +42,62 @@ class Bf16Features(nn.Module):
         return [f.float() for f in self.inner.forward_features(x.to(torch.bfloat16))]
 
 
-def to_precision(model: nn.Module, task: str, precision: str) -> nn.Module:
-    """A copy of `model` (eval mode) computing in `precision`; fp32 returns `model` itself."""
+class _FeaturesOf(nn.Module):
+    """A backbone whose forward is its forward_features, for torch.fx to trace."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.backbone.forward_features(x)
+
+
+class Int8Features(nn.Module):
+    """Stands in for a dense model's backbone: forward_features by the quantized graph."""
+
+    def __init__(self, quantized: nn.Module):
+        super().__init__()
+        self.inner = quantized
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.forward_features(x)
+
+    @torch.jit.export
+    def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.inner(x)
+
+
+def _quantize(module: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Module:
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    torch.backends.quantized.engine = "onednn"
+    batches = iter(calibration)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("int8 needs calibration images")
+    prepared = prepare_fx(module, get_default_qconfig_mapping("onednn"), (first,))
+    with torch.no_grad():
+        prepared(first)
+        for x in batches:
+            prepared(x)
+    return convert_fx(prepared).eval()
+
+
+def to_precision(model: nn.Module, task: str, precision: str,
+                 calibration: Optional[Iterable[torch.Tensor]] = None) -> nn.Module:
+    """A copy of `model` (eval mode) computing in `precision`; fp32 returns `model` itself.
+    int8 observes activations on `calibration` (preprocessed batches)."""
     if precision == "fp32":
         return model
-    if precision != "bf16":
+    if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     low = copy.deepcopy(model).eval()
+    if precision == "int8":
+        if task == "classification":
+            return _quantize(low, calibration or [])
+        low.backbone = Int8Features(_quantize(_FeaturesOf(low.backbone), calibration or []))
+        return low.eval()
     if task == "classification":
         return Bf16Classifier(low).eval()
     low.backbone = Bf16Features(low.backbone)

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <exception>
 #include <map>
+#include <mutex>
 #include <set>
 #include <utility>
 
@@ -135,8 +136,8 @@ void CountWeights(torch::jit::Block* block, std::map<std::string, int64_t>* elem
   }
 }
 
-// "fp32", "fp16", "bf16" or "int8": the type holding most of the weights; "" if none.
-// (the type of most weights, every type found) in careserve's names.
+// (the type holding most of the weights, every type found), in careserve's names ("fp32",
+// "fp16", "bf16", "int8"); quantized operators count as int8.
 std::pair<std::string, std::set<std::string>> WeightPrecision(const torch::jit::Module& module) {
   std::map<std::string, int64_t> elements;
   for (const torch::Tensor& t : module.parameters()) elements[c10::toString(t.scalar_type())] += t.numel();
@@ -164,6 +165,14 @@ std::pair<std::string, std::set<std::string>> WeightPrecision(const torch::jit::
 
 absl::StatusOr<std::unique_ptr<TorchModel>> TorchModel::Load(const std::string& path, const EngineOptions& options) {
   const OpsLibrary& ops = LoadOpsOnce(options.torchvision_ops);
+  // int8 exports are quantized for oneDNN (carevision/precision.py), and loading re-packs
+  // their weights for the engine selected at that moment; Debian's LibTorch has no fbgemm.
+  static std::once_flag qengine;
+  std::call_once(qengine, [] {
+    for (at::QEngine engine : at::globalContext().supportedQEngines()) {
+      if (engine == at::QEngine::ONEDNN) at::globalContext().setQEngine(at::QEngine::ONEDNN);
+    }
+  });
   auto impl = std::make_unique<Impl>();
   try {
     impl->module = torch::jit::load(path, torch::kCPU);

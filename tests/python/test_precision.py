@@ -1,5 +1,5 @@
-"""Lower-precision exports: bf16 graphs for every task, and the accuracy guard that refuses
-one that disagrees with fp32 (carevision.export --precision, guard.py)."""
+"""Lower-precision exports: bf16 and int8 graphs for every task, and the accuracy guard that
+refuses one that disagrees with fp32 (carevision.export --precision, guard.py)."""
 import json
 import os
 import subprocess
@@ -57,22 +57,43 @@ def test_bf16_classifier_passes_its_guard_and_records_it(tmp_path, images):
     assert graph(torch.randn(2, 3, 64, 64)).dtype == torch.float32
 
 
+def quantized_ops(path):
+    graph = torch.jit.load(str(path))
+    return sum(1 for node in graph.graph.findAllNodes("quantized::conv2d", True))
+
+
+def test_int8_classifier_is_quantized_and_passes_its_guard(tmp_path, images):
+    result = run_export(*FASHION, "--out", tmp_path, "--name", "fashion", "--precision", "int8",
+                        "--calibration", images / "items")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "fashion" / "config.json").read_text())
+    assert config["precision"] == "int8" and config["accuracy_check"]["passed"]
+    assert config["accuracy_check"]["top1_agreement"] >= 0.99
+    graph = torch.jit.load(str(tmp_path / "fashion" / "1" / "model.pt"))
+    assert quantized_ops(tmp_path / "fashion" / "1" / "model.pt") >= 20
+    assert graph(torch.randn(2, 3, 64, 64)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("task,weights,labels", [
     ("detection", "care_s0_retinanet_fashion.pth", "fashion_mnist10.txt"),
     ("segmentation", "care_s0_fpn_fashion.pth", "fashion_mnist_segmentation11.txt"),
     ("instance_segmentation", "care_s0_maskrcnn_fashion.pth", "fashion_mnist10.txt"),
 ])
-def test_bf16_dense_models_pass_their_guard(tmp_path, images, task, weights, labels):
+def test_dense_models_pass_their_guard(tmp_path, images, task, weights, labels, precision):
     result = run_export("--arch", "care_s0", "--task", task, "--input-size", 128, 128, "--checkpoint",
                         os.path.join(WEIGHTS, weights), "--labels", os.path.join(LABELS, labels), "--out", tmp_path,
-                        "--name", "m", "--precision", "bf16", "--calibration", images / "scenes")
+                        "--name", "m", "--precision", precision, "--calibration", images / "scenes")
     assert result.returncode == 0, result.stderr
     check = json.loads((tmp_path / "m" / "config.json").read_text())["accuracy_check"]
     figure = "pixel_agreement" if task == "segmentation" else "detection_agreement"
     assert check["passed"] and check[figure] >= check["thresholds"][f"min_{figure}"], check
     if task != "segmentation":
         assert check["fp32_detections"] >= 24, "too few detections for the agreement to mean anything"
-    assert bf16_weights(tmp_path / "m" / "1" / "model.pt") > 1_000_000
+    if precision == "bf16":
+        assert bf16_weights(tmp_path / "m" / "1" / "model.pt") > 1_000_000
+    else:
+        assert quantized_ops(tmp_path / "m" / "1" / "model.pt") >= 20
 
 
 def test_guard_refuses_a_model_that_bf16_breaks(tmp_path, images):

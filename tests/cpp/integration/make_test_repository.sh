@@ -2,8 +2,8 @@
 # Exports the model repository of the integration tests into $1 (replaced): small real
 # CARE-S0 models, plus one broken model that the server must report and skip; then the
 # reference answers of the dense models into $1_reference (tests/tools/dense_reference.py).
-# $1_precision: the Fashion-MNIST demo models (model/weights) in fp32 and bf16, each bf16 one
-# past its accuracy guard on training images, and $1_precision_images: test images for them.
+# $1_precision: the Fashion-MNIST demo models (model/weights) in fp32, bf16 and int8, each
+# lower-precision one past its accuracy guard on training images (int8 calibrated on them), and $1_precision_images: test images for them.
 set -euo pipefail
 out=$1
 src=$(cd "$(dirname "$0")/../../.." && pwd)
@@ -39,7 +39,7 @@ export_demo() {
   /usr/bin/python3 -m carevision.export --arch care_s0 --out "${out}_precision" --name "${name}_$precision" \
     --checkpoint "$weights" --precision "$precision" --calibration "${out}_calibration/$images" "$@" 2>/dev/null
 }
-for precision in fp32 bf16; do
+for precision in fp32 bf16 int8; do
   background export_demo fashion care_s0_fashion.pth $precision items --task classification --input-size 64 64 \
     --crop-pct 1.0 --labels "$labels/fashion_mnist10.txt"
   background export_demo retinanet_fashion care_s0_retinanet_fashion.pth $precision scenes --task detection \

@@ -1,6 +1,7 @@
-// Precision modes through the real server: the Fashion-MNIST demo models exported in fp32
-// and bf16 (make_test_repository.sh, $CARE_TEST_REPOSITORY_precision) answer the same test
-// images, and the bf16 answers stay within the accuracy guard that config.json records.
+// Precision modes through the real server: the Fashion-MNIST demo models exported in fp32,
+// bf16 and int8 (make_test_repository.sh, $CARE_TEST_REPOSITORY_precision) answer the same
+// test images, and the lower-precision answers stay within the accuracy guard that their
+// config.json records.
 #include <cmath>
 #include <filesystem>
 
@@ -60,14 +61,14 @@ class PrecisionTest : public ::testing::Test {
     stub_ = v1::VisionService::NewStub(server_->channel());
   }
 
-  // Share of fp32's confident detections (score >= 0.3) that bf16 finds too, one to one,
-  // same class and IoU >= 0.5, as an F1 over both sides (the guard's detection_agreement).
-  double DetectionAgreement(const std::string& family, int* fp32_detections) {
+  // Share of fp32's confident detections (score >= 0.3) that `precision` finds too, one to
+  // one, same class and IoU >= 0.5, as an F1 over both sides (the guard's detection_agreement).
+  double DetectionAgreement(const std::string& family, const std::string& low_precision, int* fp32_detections) {
     int matched = 0, total = 0;
     *fp32_detections = 0;
     for (const v1::Image& image : Images("scenes")) {
       std::vector<v1::DetectResponse> answers;
-      for (const char* precision : {"fp32", "bf16"}) {
+      for (const std::string& precision : {std::string("fp32"), low_precision}) {
         v1::DetectRequest request;
         request.set_model(family + "_" + precision);
         *request.mutable_image() = image;
@@ -121,18 +122,24 @@ TEST_F(PrecisionTest, ListModelsAndMetricsTellEachModelsPrecision) {
     EXPECT_EQ(m.precision(), precision) << m.name();
     EXPECT_EQ(m.precision_note(), PrecisionNote(precision, CpuFlags())) << m.name();
   }
-  EXPECT_EQ(seen, 8);
+  EXPECT_EQ(seen, 12);
   const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
   EXPECT_EQ(Sample(metrics, R"(care_model_info{architecture="care_s0",model="fpn_fashion_bf16",precision="bf16",)"
                             R"(task="segmentation",version="1",weights="checkpoint"})"),
+            1);
+  EXPECT_EQ(Sample(metrics, R"(care_model_info{architecture="care_s0",model="retinanet_fashion_int8",precision="int8",)"
+                            R"(task="detection",version="1",weights="checkpoint"})"),
             1);
   EXPECT_EQ(Sample(metrics, R"(care_model_info{architecture="care_s0",model="fashion_fp32",precision="fp32",)"
                             R"(task="classification",version="1",weights="checkpoint"})"),
             1);
 }
 
-TEST_F(PrecisionTest, Bf16ClassifierAgreesWithFp32WithinItsGuard) {
-  const nlohmann::json limits = Thresholds("fashion_bf16");
+class LowPrecisionTest : public PrecisionTest, public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(LowPrecisionTest, ClassifierAgreesWithFp32WithinItsGuard) {
+  const std::string low = "fashion_" + GetParam();
+  const nlohmann::json limits = Thresholds(low);
   int same_top1 = 0, images = 0;
   double score_error = 0;
   for (const v1::Image& image : Images("items")) {
@@ -140,7 +147,7 @@ TEST_F(PrecisionTest, Bf16ClassifierAgreesWithFp32WithinItsGuard) {
     int top1[2] = {-1, -1};
     for (int p = 0; p < 2; ++p) {
       v1::ClassifyRequest request;
-      request.set_model(p == 0 ? "fashion_fp32" : "fashion_bf16");
+      request.set_model(p == 0 ? "fashion_fp32" : low);
       *request.mutable_image() = image;
       request.set_top_k(10);
       grpc::ClientContext context;
@@ -157,26 +164,27 @@ TEST_F(PrecisionTest, Bf16ClassifierAgreesWithFp32WithinItsGuard) {
     ++images;
   }
   ASSERT_EQ(images, 32);
-  EXPECT_GE(static_cast<double>(same_top1) / images, limits.at("min_top1_agreement").get<double>());
-  EXPECT_LE(score_error / images, limits.at("max_score_error").get<double>());
+  EXPECT_GE(static_cast<double>(same_top1) / images, limits.at("min_top1_agreement").get<double>()) << low;
+  EXPECT_LE(score_error / images, limits.at("max_score_error").get<double>()) << low;
 }
 
-TEST_F(PrecisionTest, Bf16DetectorsAgreeWithFp32WithinTheirGuard) {
+TEST_P(LowPrecisionTest, DetectorsAgreeWithFp32WithinTheirGuard) {
   for (const std::string family : {"retinanet_fashion", "maskrcnn_fashion"}) {
     int fp32_detections = 0;
-    const double agreement = DetectionAgreement(family, &fp32_detections);
+    const double agreement = DetectionAgreement(family, GetParam(), &fp32_detections);
     EXPECT_GE(fp32_detections, 16) << family << ": too few confident detections for the comparison to mean much";
-    EXPECT_GE(agreement, Thresholds(family + "_bf16").at("min_detection_agreement").get<double>()) << family;
+    EXPECT_GE(agreement, Thresholds(family + "_" + GetParam()).at("min_detection_agreement").get<double>())
+        << family << "_" << GetParam();
   }
 }
 
-TEST_F(PrecisionTest, Bf16SegmenterAgreesWithFp32WithinItsGuard) {
+TEST_P(LowPrecisionTest, SegmenterAgreesWithFp32WithinItsGuard) {
   int64_t same = 0, pixels = 0;
   for (const v1::Image& image : Images("scenes")) {
     cv::Mat masks[2];
     for (int p = 0; p < 2; ++p) {
       v1::SegmentRequest request;
-      request.set_model(p == 0 ? "fpn_fashion_fp32" : "fpn_fashion_bf16");
+      request.set_model(p == 0 ? "fpn_fashion_fp32" : "fpn_fashion_" + GetParam());
       *request.mutable_image() = image;
       grpc::ClientContext context;
       v1::SegmentResponse response;
@@ -189,8 +197,13 @@ TEST_F(PrecisionTest, Bf16SegmenterAgreesWithFp32WithinItsGuard) {
     same += cv::countNonZero(masks[0] == masks[1]);
     pixels += masks[0].total();
   }
-  EXPECT_GE(static_cast<double>(same) / pixels, Thresholds("fpn_fashion_bf16").at("min_pixel_agreement").get<double>());
+  EXPECT_GE(static_cast<double>(same) / pixels,
+            Thresholds("fpn_fashion_" + GetParam()).at("min_pixel_agreement").get<double>())
+      << GetParam();
 }
+
+INSTANTIATE_TEST_SUITE_P(Precisions, LowPrecisionTest, ::testing::Values("bf16", "int8"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 }  // namespace
 }  // namespace careserve
