@@ -115,9 +115,7 @@ ServedModel* Frontend::ResolveOrAnswer(PendingCall* call, const std::string& nam
   absl::StatusOr<ServedModel*> model = (*repository)->Resolve(name, version, task);
   if (!model.ok()) {
     // Label only names the repository knows: a client cannot grow the metric's series.
-    for (const auto& m : (*repository)->models()) {
-      if (m->name == name) call->SetModelLabel(name);
-    }
+    if ((*repository)->Find(name) != nullptr) call->SetModelLabel(name);
     call->Answer(model.status());
     return nullptr;
   }

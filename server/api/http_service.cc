@@ -340,9 +340,7 @@ std::string Group(const httplib::Request& req, size_t i) { return i < req.matche
 
 // The model directory `name` of the repository, or NOT_FOUND.
 absl::StatusOr<const RepositoryModel*> FindModel(const ModelRepository& repository, const std::string& name) {
-  for (const auto& m : repository.models()) {
-    if (m->name == name) return m.get();
-  }
+  if (const RepositoryModel* m = repository.Find(name)) return m;
   return absl::NotFoundError(absl::StrCat("no model named \"", name, "\" in the repository"));
 }
 

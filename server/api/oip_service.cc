@@ -620,9 +620,8 @@ absl::StatusOr<inference::ModelMetadataResponse> OipModelMetadata(const Frontend
   const ModelSpec& spec = *(*resolved)->spec;
   inference::ModelMetadataResponse response;
   response.set_name(spec.name);
-  for (const auto& m : (*frontend.Available())->models()) {
-    if (m->name != spec.name) continue;
-    for (const auto& [v, served] : m->versions) response.add_versions(std::to_string(v));
+  for (const auto& [v, served] : (*frontend.Available())->Find(spec.name)->versions) {
+    response.add_versions(std::to_string(v));
   }
   response.set_platform("careserve_torchscript");
   auto tensor = [](google::protobuf::RepeatedPtrField<inference::ModelMetadataResponse::TensorMetadata>* list,

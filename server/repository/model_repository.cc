@@ -191,6 +191,13 @@ void ModelRepository::ChooseDefaults() {
   }
 }
 
+const RepositoryModel* ModelRepository::Find(const std::string& name) const {
+  for (const auto& m : models_) {
+    if (m->name == name) return m.get();
+  }
+  return nullptr;
+}
+
 absl::StatusOr<ServedModel*> ModelRepository::Resolve(const std::string& name, int64_t version,
                                                       std::optional<Task> task) const {
   const RepositoryModel* model = nullptr;
@@ -206,12 +213,10 @@ absl::StatusOr<ServedModel*> ModelRepository::Resolve(const std::string& name, i
     }
     model = it->second;
   } else {
-    std::vector<std::string> names;
-    for (const auto& m : models_) {
-      if (m->name == name) model = m.get();
-      names.push_back(m->name);
-    }
+    model = Find(name);
     if (model == nullptr) {
+      std::vector<std::string> names;
+      for (const auto& m : models_) names.push_back(m->name);
       return absl::NotFoundError(
           absl::StrCat("model \"", name, "\" is not in the repository (models: ", NameList(names), ")"));
     }

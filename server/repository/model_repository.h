@@ -63,6 +63,9 @@ class ModelRepository {
   // empty: a model of any task, which must be named (INVALID_ARGUMENT otherwise).
   absl::StatusOr<ServedModel*> Resolve(const std::string& name, int64_t version, std::optional<Task> task) const;
 
+  // The model directory `name`, served or not; nullptr if the repository has none.
+  const RepositoryModel* Find(const std::string& name) const;
+
   const std::vector<std::unique_ptr<RepositoryModel>>& models() const { return models_; }
 
   // Refuses new requests, runs the queued ones. Idempotent.
