@@ -29,9 +29,9 @@ MODELS = {"classify": CLASSIFIER, "detect": "care_s0_retinanet_coco", "segment":
 # detections, each with its mask: the cost of a full answer (an untrained head finds nothing).
 MASK_RCNN = "care_s0_maskrcnn_coco_full"
 MASK_RCNN_CONCURRENCY = [1, 4, 16]
-# The classifier exported with --precision bf16 (random weights, as CLASSIFIER), for the engine's
-# precision comparison.
-BF16 = "care_s0_imagenet_bf16"
+# The classifier exported in each lower precision (random weights, as CLASSIFIER), for the
+# engine's precision comparison.
+LOW_PRECISIONS = {"bf16": "care_s0_imagenet_bf16", "int8": "care_s0_imagenet_int8"}
 MASK_RCNN_CHECKPOINT = """
 import sys, torch, carevision
 torch.manual_seed(0)
@@ -101,17 +101,35 @@ def export(settings):
              "--out", settings.repository, "--name", MASK_RCNN, "--version", "1", "--input-size", "512", "512",
              "--checkpoint", checkpoint, "--max-batch-size", "4"], env=model_env)
     precision = os.path.join(BUILD, "bench_precision_repository")
-    if not os.path.isfile(os.path.join(precision, BF16, "1", "model.pt")):
-        # Random weights, like the fp32 model it is compared with: the guard's thresholds are off
-        # (its figures are still printed and kept); only speed is measured here.
-        run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--out", precision, "--name", BF16,
-             "--version", "1", "--precision", "bf16", "--calibration", os.path.join(BUILD, "samples"),
-             "--min-top1-agreement", "0", "--max-score-error", "1"], env=model_env)
+    for name, model in LOW_PRECISIONS.items():
+        if not os.path.isfile(os.path.join(precision, model, "1", "model.pt")):
+            # Random weights, like the fp32 model it is compared with: the guard's thresholds are
+            # off (its figures are still printed and kept); only speed is measured here.
+            run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--out", precision, "--name", model,
+                 "--version", "1", "--precision", name, "--calibration", os.path.join(BUILD, "samples"),
+                 "--min-top1-agreement", "0", "--max-score-error", "1"], env=model_env)
     stock = os.path.join(BUILD, "bench_stock_repository")
     if not os.path.isfile(os.path.join(stock, "care_s0_stock", "1", "model.pt")):
         run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--out", stock, "--name", "care_s0_stock",
              "--version", "1", "--no-fold-batchnorm"], env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model")))
-    return stock
+    return stock, precision
+
+
+def table_precision(fp32_rows, low_rows):
+    """Per layout and batch: img/s and batch p50 of fp32 and of each lower precision, with its ratio."""
+    low = list(LOW_PRECISIONS)
+    lines = ["| layout | batch | fp32 img/s | " + " | ".join(f"{p} img/s | {p} / fp32" for p in low)
+             + " | fp32 batch p50 (ms) | " + " | ".join(f"{p} batch p50 (ms)" for p in low) + " |",
+             "|---|---|---|" + "---|---|" * len(low) + "---|" + "---|" * len(low)]
+    for name, _, _ in ENGINE_LAYOUTS:
+        for i, f in enumerate(fp32_rows[name]):
+            rows = [low_rows[p][name][i] for p in low]
+            lines.append(f"| {name} | {f['batch']} | {f['throughput_ips']:.1f} | "
+                         + " | ".join(f"{r['throughput_ips']:.1f} | {r['throughput_ips'] / f['throughput_ips']:.2f}x"
+                                      for r in rows)
+                         + f" | {f['batch_ms']['p50']:.1f} | " + " | ".join(f"{r['batch_ms']['p50']:.1f}" for r in rows)
+                         + " |")
+    return lines
 
 
 def median_row(rows, key):
@@ -775,12 +793,13 @@ def main():
     log("engine ceiling and ONNX Runtime")
     runs = {name: [] for name, _, _ in ENGINE_LAYOUTS}
     ort_runs = {name: [] for name, _, _ in ORT_LAYOUTS}
-    bf16_runs = {name: [] for name, _, _ in ENGINE_LAYOUTS}
+    low_runs = {p: {name: [] for name, _, _ in ENGINE_LAYOUTS} for p in LOW_PRECISIONS}
     stock_runs = []
     for _ in range(settings.repeats):  # interleaved, so that drift hits all alike
         for name, flags, batches in ENGINE_LAYOUTS:
             runs[name].append(engine(settings, os.path.join(settings.repository, CLASSIFIER), flags, batches))
-            bf16_runs[name].append(engine(settings, os.path.join(precision, BF16), flags, batches))
+            for p, model in LOW_PRECISIONS.items():
+                low_runs[p][name].append(engine(settings, os.path.join(precision, model), flags, batches))
         for name, sessions, threads in ORT_LAYOUTS:
             ort_runs[name].append(ort(settings, ort_info, sessions, threads))
         stock_runs.append(engine(settings, os.path.join(stock, "care_s0_stock"), STOCK_FLAGS, env=STOCK_ENV,
@@ -789,7 +808,7 @@ def main():
     ort_rows = {name: median_engine(r) for name, r in ort_runs.items()}
     ort_runs_ratio = (ceiling_best(engine_rows)[1]["throughput_ips"], ort_best(ort_rows)[0][1]["throughput_ips"])
     stock_rows = median_engine(stock_runs)
-    bf16_rows = {name: median_engine(r) for name, r in bf16_runs.items()}
+    low_rows = {p: {name: median_engine(r) for name, r in runs_.items()} for p, runs_ in low_runs.items()}
 
     log("preprocessing stages")
     preprocess_rows = preprocess_stages(settings)
@@ -935,15 +954,15 @@ def main():
         "",
         *table_engine(stock_rows),
         "",
-        "### Precision: bf16 against fp32",
+        "### Precision: bf16 and int8 against fp32",
         "",
-        f"The same classifier exported with `--precision bf16` (backbone and head in bfloat16, fp32 in and out; "
-        "random weights, so the accuracy guard's thresholds are set off for this export), run by care-engine-bench "
-        "in each layout right after the fp32 run of the tables above, same flags, median of "
-        f"{settings.repeats}. The fastest precision per batch is what the default repository should serve "
-        "(it serves fp32).",
+        "The same classifier exported with `--precision bf16` (computed in bfloat16, fp32 in and out) and "
+        "`--precision int8` (quantized with oneDNN's qconfig, calibrated on `build/samples`), random weights, so "
+        "the accuracy guard's thresholds are set off for these exports; run by care-engine-bench in each layout "
+        f"right after the fp32 run of the tables above, same flags, median of {settings.repeats}. The fastest "
+        "precision is what the default repository should serve (README).",
         "",
-        *table_precision(engine_rows, bf16_rows),
+        *table_precision(engine_rows, low_rows),
         "",
         "## ONNX Runtime",
         "",

@@ -3,7 +3,7 @@
 postprocessing).
 
     /usr/bin/python3 -m carevision.demo.evaluate --server localhost:50051 \\
-        [--images 10000] [--scenes 1000] [--seed 2024] [--json FILE] [--precisions fp32 bf16]
+        [--images 10000] [--scenes 1000] [--seed 2024] [--json FILE] [--precisions fp32 bf16 int8]
 
 - classification: top-1 accuracy on the first `--images` Fashion-MNIST test images.
 - detection: COCO-style mAP@0.5 (per-class AP, 101-point interpolated precision, mean over
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", nargs="+",
                    default=["classification", "detection", "segmentation", "instance_segmentation"])
     p.add_argument("--json", help="also write the report here")
-    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16"),
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16", "int8"),
                    help="precisions to evaluate; other than fp32, models named NAME_PRECISION")
     args = p.parse_args(argv)
     report = evaluate(args.server, args.images, args.scenes, args.seed, args.tasks)
