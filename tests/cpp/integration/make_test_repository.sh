@@ -8,8 +8,7 @@ set -euo pipefail
 out=$1
 src=$(cd "$(dirname "$0")/../../.." && pwd)
 export PYTHONPATH=$src/model
-rm -rf "$out" "${out}_reference" "${out}_checkpoints" "${out}_precision" "${out}_precision_images" \
-  "${out}_calibration"
+rm -rf "$out" "${out}_reference" "${out}_checkpoints"
 mkdir -p "$out"
 /usr/bin/python3 "$src/tests/tools/make_test_checkpoints.py" "${out}_checkpoints"
 export_model() { /usr/bin/python3 -m carevision.export --arch care_s0 --out "$out" --input-size 64 64 "$@" 2>/dev/null; }
@@ -29,31 +28,7 @@ background export_dense --task segmentation --name care_s0_seg --input-size 64 9
   --checkpoint "${out}_checkpoints/test_fpn.pth"
 background export_dense --task instance_segmentation --name care_s0_mask --input-size 128 160 --max-batch-size 4 \
   --checkpoint "${out}_checkpoints/test_maskrcnn.pth"
-/usr/bin/python3 -m carevision.demo.calibration "${out}_calibration" --items 300 --scenes 48 2>/dev/null
-/usr/bin/python3 -m carevision.demo.calibration "${out}_precision_images" --items 32 --scenes 16 --split test \
-  2>/dev/null
-labels=$src/model/carevision/labels
-export_demo() {
-  local name=$1 weights=$src/model/weights/$2 precision=$3 images=$4
-  shift 4
-  /usr/bin/python3 -m carevision.export --arch care_s0 --out "${out}_precision" --name "${name}_$precision" \
-    --checkpoint "$weights" --precision "$precision" --calibration "${out}_calibration/$images" "$@" 2>/dev/null
-}
-for precision in fp32 bf16 int8; do
-  background export_demo fashion care_s0_fashion.pth $precision items --task classification --input-size 64 64 \
-    --crop-pct 1.0 --labels "$labels/fashion_mnist10.txt"
-  background export_demo retinanet_fashion care_s0_retinanet_fashion.pth $precision scenes --task detection \
-    --input-size 128 128 --labels "$labels/fashion_mnist10.txt"
-  background export_demo fpn_fashion care_s0_fpn_fashion.pth $precision scenes --task segmentation \
-    --input-size 128 128 --labels "$labels/fashion_mnist_segmentation11.txt"
-  background export_demo maskrcnn_fashion care_s0_maskrcnn_fashion.pth $precision scenes \
-    --task instance_segmentation --input-size 128 128 --labels "$labels/fashion_mnist10.txt"
-done
 for pid in "${pids[@]}"; do wait "$pid"; done
-# config.json claims bf16 for an fp32 graph: the server must refuse it and say why.
-cp -r "${out}_precision/fashion_fp32" "${out}_precision/precision_mismatch"
-sed -i 's/"fashion_fp32"/"precision_mismatch"/; s/"precision": "fp32"/"precision": "bf16"/' \
-  "${out}_precision/precision_mismatch/config.json"
 /usr/bin/python3 "$src/tests/tools/dense_reference.py" "$out" care_s0_det care_s0_seg care_s0_mask "${out}_reference" 2>/dev/null
 mkdir -p "$out/broken_model/1"
 cat > "$out/broken_model/config.json" <<'JSON'
