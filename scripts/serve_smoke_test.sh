@@ -34,10 +34,10 @@ grep -q "^care_s0_imagenet version 1" <<<"$imagenet"
 # (captured first: grep -q exiting early would fail the writer under pipefail)
 models=$("$client" list --server="localhost:$port")
 for model in care_s0_fashion care_s0_retinanet_fashion care_s0_fpn_fashion care_s0_maskrcnn_fashion; do
-  grep -Eq "^$model .* checkpoint +ready" <<<"$models"
+  grep -Eq "^$model .* checkpoint +fp32 +ready" <<<"$models"
 done
 for model in care_s0_imagenet care_s0_retinanet_coco care_s0_fpn_ade20k; do
-  grep -q "$model .* random .* ready" <<<"$models"
+  grep -Eq "^$model .* random +fp32 +ready" <<<"$models"
 done
 metrics=$(curl -sf "localhost:$metrics_port/metrics")
 grep -q '^care_model_info{.*model="care_s0_imagenet".*weights="random"} 1' <<<"$metrics"
