@@ -28,10 +28,6 @@ bool IsKnownPrecision(const std::string& precision) {
 absl::StatusOr<std::string> ServedPrecision(const std::string& declared, const std::string& majority,
                                             const std::set<std::string>& types) {
   if (declared.empty()) return majority;
-  if (!IsKnownPrecision(declared)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config.json: precision must be fp32, bf16 or int8, got \"", declared, "\""));
-  }
   const std::string found = types.empty() ? "none" : absl::StrJoin(types, ", ");
   if (declared == "fp32") {
     for (const std::string& lower : {"bf16", "fp16", "int8"}) {

@@ -14,7 +14,8 @@ namespace careserve {
 bool IsKnownPrecision(const std::string& precision);
 
 // `declared`: config.json's "precision" ("" when absent); `majority` and `types`: the graph's
-// (TorchModel::precision, weight_types). Absent, the graph's majority type is served. A
+// (TorchModel::precision, weight_types); ReadModelSpec has already refused a precision it
+// does not know. Absent, the graph's majority type is served. A
 // declared lower precision must be among the graph's weight types, and a declared fp32
 // graph must hold no lower-precision weights: otherwise config.json and model.pt disagree.
 absl::StatusOr<std::string> ServedPrecision(const std::string& declared, const std::string& majority,

@@ -77,7 +77,7 @@ class TorchModel {
                                    const std::vector<int64_t>* image_sizes = nullptr) const;
 
   // The type of most of the weights as loaded ("fp32", "fp16", "bf16", "int8"), "" if the
-  // module has none that can be read; the console and /v2/models/{name}/config show it.
+  // module has none that can be read; served when config.json declares no precision.
   const std::string& precision() const;
   // Every type found among the weights, in the same names.
   const std::set<std::string>& weight_types() const;

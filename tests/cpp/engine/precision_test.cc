@@ -26,12 +26,6 @@ TEST(ServedPrecision, ADeclaredFp32GraphHoldsNoLowerPrecisionWeights) {
   EXPECT_NE(lie.status().message().find("holds bf16 weights"), absl::string_view::npos) << lie.status();
 }
 
-TEST(ServedPrecision, AnUnknownPrecisionIsRefusedByName) {
-  absl::StatusOr<std::string> bad = ServedPrecision("fp8", "fp32", {"fp32"});
-  ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("\"fp8\""), absl::string_view::npos) << bad.status();
-}
-
 TEST(PrecisionNote, SaysWhenTheCpuLacksTheInstructions) {
   EXPECT_EQ(PrecisionNote("fp32", {}), "");
   EXPECT_EQ(PrecisionNote("bf16", {"avx512f", "avx512_bf16"}), "");
