@@ -32,6 +32,10 @@ MASK_RCNN_CONCURRENCY = [1, 4, 16]
 # The classifier exported in each lower precision (random weights, as CLASSIFIER), for the
 # engine's precision comparison.
 LOW_PRECISIONS = {"bf16": "care_s0_imagenet_bf16", "int8": "care_s0_imagenet_int8"}
+# Graphs compared with the default fp32 export in the engine ceiling's runs: the lower precisions,
+# and the network exported without merging its depthwise convolutions and heads (--no-merge).
+UNMERGED = "care_s0_imagenet_unmerged"
+VARIANTS = dict(LOW_PRECISIONS, unmerged=UNMERGED)
 MASK_RCNN_CHECKPOINT = """
 import sys, torch, carevision
 torch.manual_seed(0)
@@ -108,16 +112,19 @@ def export(settings):
             run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--out", precision, "--name", model,
                  "--version", "1", "--precision", name, "--calibration", os.path.join(BUILD, "samples"),
                  "--min-top1-agreement", "0", "--max-score-error", "1"], env=model_env)
+    if not os.path.isfile(os.path.join(precision, UNMERGED, "1", "model.pt")):
+        run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--out", precision, "--name", UNMERGED,
+             "--version", "1", "--no-merge"], env=model_env)
     stock = os.path.join(BUILD, "bench_stock_repository")
     if not os.path.isfile(os.path.join(stock, "care_s0_stock", "1", "model.pt")):
         run([PYTHON, "-m", "carevision.export", "--arch", "care_s0", "--out", stock, "--name", "care_s0_stock",
-             "--version", "1", "--no-fold-batchnorm"], env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model")))
+             "--version", "1", "--no-fold-batchnorm", "--no-merge"], env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model")))
     return stock, precision
 
 
 def table_precision(fp32_rows, low_rows):
-    """Per layout and batch: img/s and batch p50 of fp32 and of each lower precision, with its ratio."""
-    low = list(LOW_PRECISIONS)
+    """Per layout and batch: img/s and batch p50 of fp32 and of each variant, with its ratio."""
+    low = list(VARIANTS)
     lines = ["| layout | batch | fp32 img/s | " + " | ".join(f"{p} img/s | {p} / fp32" for p in low)
              + " | fp32 batch p50 (ms) | " + " | ".join(f"{p} batch p50 (ms)" for p in low) + " |",
              "|---|---|---|" + "---|---|" * len(low) + "---|" + "---|" * len(low)]
@@ -793,12 +800,12 @@ def main():
     log("engine ceiling and ONNX Runtime")
     runs = {name: [] for name, _, _ in ENGINE_LAYOUTS}
     ort_runs = {name: [] for name, _, _ in ORT_LAYOUTS}
-    low_runs = {p: {name: [] for name, _, _ in ENGINE_LAYOUTS} for p in LOW_PRECISIONS}
+    low_runs = {p: {name: [] for name, _, _ in ENGINE_LAYOUTS} for p in VARIANTS}
     stock_runs = []
     for _ in range(settings.repeats):  # interleaved, so that drift hits all alike
         for name, flags, batches in ENGINE_LAYOUTS:
             runs[name].append(engine(settings, os.path.join(settings.repository, CLASSIFIER), flags, batches))
-            for p, model in LOW_PRECISIONS.items():
+            for p, model in VARIANTS.items():
                 low_runs[p][name].append(engine(settings, os.path.join(precision, model), flags, batches))
         for name, sessions, threads in ORT_LAYOUTS:
             ort_runs[name].append(ort(settings, ort_info, sessions, threads))
@@ -947,20 +954,22 @@ def main():
         "",
         *table_engine(engine_rows["one_runner"]),
         "",
-        "Stock: the same model exported with `--no-fold-batchnorm`, `torch::jit::optimize_for_inference` with "
+        "Stock: the same model exported with `--no-fold-batchnorm --no-merge`, `torch::jit::optimize_for_inference` with "
         f"LibTorch's usual layout, one caller with all {CORES} cores as intra-op threads, glibc's malloc with its "
         "defaults and libgomp's default spin count (`GOMP_SPINCOUNT=300000 care-engine-bench-glibc "
         f"{' '.join(STOCK_FLAGS)}`):",
         "",
         *table_engine(stock_rows),
         "",
-        "### Precision: bf16 and int8 against fp32",
+        "### Graph variants",
         "",
-        "The same classifier exported with `--precision bf16` (computed in bfloat16, fp32 in and out) and "
-        "`--precision int8` (quantized with oneDNN's qconfig, calibrated on `build/samples`), random weights, so "
-        "the accuracy guard's thresholds are set off for these exports; run by care-engine-bench in each layout "
-        f"right after the fp32 run of the tables above, same flags, median of {settings.repeats}. The fastest "
-        "precision is what the default repository should serve (README).",
+        "The same classifier exported with `--precision bf16` (computed in bfloat16, fp32 in and out), "
+        "`--precision int8` (quantized with oneDNN's qconfig, calibrated on `build/samples`) and `--no-merge` "
+        "(fp32, CARE's per-part depthwise convolutions and its two classifier heads left apart: what merging them "
+        "gains, docs/models.md), random weights, so the accuracy guard's thresholds are set off for the "
+        "lower-precision exports; run by care-engine-bench in each layout right after the fp32 run of the tables "
+        f"above, same flags, median of {settings.repeats}. The fastest precision is what the default repository "
+        "should serve (README).",
         "",
         *table_precision(engine_rows, low_rows),
         "",

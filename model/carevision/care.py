@@ -192,6 +192,7 @@ class ClassifierHead(nn.Module):
 
 class CARE(nn.Module):
     dense: Final[bool]
+    heads_merged: Final[bool]
 
     """CARE backbone and classifier.
 
@@ -214,6 +215,8 @@ class CARE(nn.Module):
         self.feature_strides: List[int] = [4, 8, 16, 32]
         self.dense = dense
         self.num_classes = num_classes
+        # set by fold.merge_classifier_heads: `head` then computes both heads' mean alone
+        self.heads_merged = False
         if not dense:
             self.head = ClassifierHead(cls_dim, num_classes)
             self.dist_head = ClassifierHead(cls_dim, num_classes)
@@ -228,6 +231,8 @@ class CARE(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         # eval logits: the mean of the classifier and the distillation head
+        if self.heads_merged:
+            return self.head(x)
         return (self.head(x) + self.dist_head(x)) / 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from . import DEFAULT_NUM_CLASSES, TASKS, create_model, list_backbones
-from .fold import fold_batchnorms
+from .fold import fold_batchnorms, merge_classifier_heads, merge_token_mixers
 from . import guard
 from .precision import PRECISIONS, to_precision
 from .checkpoint import (CheckpointError, infer_head_options, infer_num_classes, load_checkpoint,
@@ -77,12 +77,18 @@ def script_and_freeze(model: torch.nn.Module) -> torch.jit.ScriptModule:
     return torch.jit.freeze(torch.jit.script(model.eval()))
 
 
-def inference_copy(model: torch.nn.Module) -> Tuple[torch.nn.Module, int]:
-    """A copy of `model` with every BatchNorm that feeds a convolution folded into it
-    (fold.py; PyTorch's own passes only fold BN after a convolution). The copy is what
-    gets scripted; `verify` compares it against the untouched eager model."""
-    folded = copy.deepcopy(model).eval()
-    return folded, fold_batchnorms(folded)
+def inference_copy(model: torch.nn.Module, fold: bool = True, merge: bool = True) -> Tuple[torch.nn.Module, dict]:
+    """A copy of `model` rewritten for inference (fold.py): every BatchNorm that feeds a
+    convolution folded into it (PyTorch's own passes only fold BN after a convolution),
+    CARE's depthwise convolutions merged per token mixer and its two classifier heads into
+    one. The copy is what gets scripted; `verify` compares it against the untouched eager
+    model. Also returns what was rewritten, for config.json."""
+    copied = copy.deepcopy(model).eval()
+    return copied, {
+        "batchnorms_folded_into_convs": fold_batchnorms(copied) if fold else 0,
+        "token_mixers_merged": merge_token_mixers(copied) if merge else 0,
+        "classifier_heads_merged": merge_classifier_heads(copied) if merge else False,
+    }
 
 
 def reload(frozen: torch.jit.ScriptModule) -> Tuple[torch.jit.ScriptModule, torch.jit.ScriptModule]:
@@ -207,13 +213,10 @@ def export(args) -> str:
                          + ("" if args.precision == "fp32" else f"_{args.precision}"))
     model_dir = os.path.join(args.out, name)
     version = args.version or next_version(model_dir)
-    if args.no_fold_batchnorm:
-        folded, bn_folded = model, 0
-    else:
-        folded, bn_folded = inference_copy(model)
+    folded, rewrites = inference_copy(model, fold=not args.no_fold_batchnorm, merge=not args.no_merge)
     frozen = script_and_freeze(folded)
     report = verify(model, frozen, args.task, height, width, num_classes)
-    report["batchnorms_folded_into_convs"] = bn_folded
+    report.update(rewrites)
     accuracy = None
     if args.precision != "fp32":
         calibration = None
@@ -265,6 +268,9 @@ def parser() -> argparse.ArgumentParser:
                    help="mark the model as its task's default (requests with an empty model)")
     p.add_argument("--no-fold-batchnorm", action="store_true",
                    help="keep BatchNorms before convolutions (only to measure what folding gains)")
+    p.add_argument("--no-merge", action="store_true",
+                   help="keep CARE's per-part depthwise convolutions and its two classifier heads "
+                        "apart (only to measure what merging gains)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="bf16: the backbone computes in bfloat16; int8: it is quantized, activations "
                         "observed on the calibration images (both need --calibration)")

@@ -68,7 +68,7 @@ class Int8Features(nn.Module):
         return self.inner(x)
 
 
-def _quantize(module: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Module:
+def _quantize(module: nn.Module, calibration: Iterable[torch.Tensor], fp32_modules: Iterable[str] = ()) -> nn.Module:
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
     torch.backends.quantized.engine = "onednn"
@@ -76,7 +76,10 @@ def _quantize(module: nn.Module, calibration: Iterable[torch.Tensor]) -> nn.Modu
     first = next(batches, None)
     if first is None:
         raise ValueError("int8 needs calibration images")
-    prepared = prepare_fx(module, get_default_qconfig_mapping("onednn"), (first,))
+    mapping = get_default_qconfig_mapping("onednn")
+    for name in fp32_modules:
+        mapping.set_module_name(name, None)
+    prepared = prepare_fx(module, mapping, (first,))
     with torch.no_grad():
         prepared(first)
         for x in batches:
@@ -95,7 +98,9 @@ def to_precision(model: nn.Module, task: str, precision: str,
     low = copy.deepcopy(model).eval()
     if precision == "int8":
         if task == "classification":
-            return _quantize(low, calibration or [])
+            # The classifier layers stay fp32: their int8 error would land on the scores unaveraged
+            # (the export merges CARE's two heads into one, fold.py) for a small share of the work.
+            return _quantize(low, calibration or [], fp32_modules=("head", "dist_head"))
         low.backbone = Int8Features(_quantize(_FeaturesOf(low.backbone), calibration or []))
         return low.eval()
     if task == "classification":

@@ -4,7 +4,8 @@
         [--input-size 224 224] [--batch-sizes 1 8 16] [--threads N] [--seconds 3]
 
 Throughput is measured for the eager model and for the exported graph as the server
-runs it (scripted, frozen, then torch.jit.optimize_for_inference), on the same random
+runs it (rewritten for inference as export does, scripted, frozen, then
+torch.jit.optimize_for_inference), on the same random
 batch, after warm-up. Prints a Markdown table.
 """
 import argparse
@@ -16,7 +17,7 @@ import time
 import torch
 
 from . import TASKS, create_model, list_backbones
-from .export import script_and_freeze
+from .export import inference_copy, script_and_freeze
 from .flops import count_macs, count_params
 
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
         model = create_model(arch, args.task)
         row = [arch, f"{count_params(model) / 1e6:.2f}", f"{count_macs(model, h, w) / 1e9:.3f}"]
         if not args.no_speed:
-            graph = torch.jit.optimize_for_inference(script_and_freeze(model))
+            graph = torch.jit.optimize_for_inference(script_and_freeze(inference_copy(model)[0]))
             for b in args.batch_sizes:
                 x = torch.randn(b, 3, h, w)
                 row.append(f"{images_per_second(model, x, args.seconds):.1f}")

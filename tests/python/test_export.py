@@ -43,6 +43,26 @@ def test_random_classifier_export(tmp_path):
     assert (entry / "2" / "model.pt").is_file()
 
 
+def test_export_merges_care_convolutions_and_heads_unless_told_not_to(tmp_path):
+    common = ("--arch", "care_s0", "--out", str(tmp_path), "--input-size", "64", "64")
+    assert run_export(*common, "--name", "merged").returncode == 0
+    result = run_export(*common, "--name", "apart", "--no-merge")
+    assert result.returncode == 0, result.stderr
+    merged = json.loads((tmp_path / "merged" / "config.json").read_text())["export"]
+    apart = json.loads((tmp_path / "apart" / "config.json").read_text())["export"]
+    assert merged["token_mixers_merged"] == 18 and merged["classifier_heads_merged"] is True
+    assert apart["token_mixers_merged"] == 0 and apart["classifier_heads_merged"] is False
+    assert merged["batchnorms_folded_into_convs"] == apart["batchnorms_folded_into_convs"] == 39
+    graphs = [torch.jit.load(str(tmp_path / name / "1" / "model.pt")) for name in ("merged", "apart")]
+    # fewer convolutions in the merged graph, the same answers
+    convs = [str(g.graph).count("aten::conv2d") + str(g.graph).count("aten::_convolution") for g in graphs]
+    assert convs[0] < convs[1]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = graphs[0](x), graphs[1](x)
+    assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
+
+
 def test_checkpoint_export_records_its_source(tmp_path):
     model = carevision.create_model("casvit_xs", num_classes=3)
     ckpt = tmp_path / "casvit_xs_3.pth"

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 import carevision
-from carevision.fold import fold_batchnorms, fold_bn_into_conv, foldable
+from carevision.care import CAREBlock, LinearAttentionMixer, StripConvMixer
+from carevision.fold import (fold_batchnorms, fold_bn_into_conv, foldable, merge_classifier_heads,
+                             merge_token_mixers)
 from carevision.registry import list_backbones
 from carevision.verify import compare
 
@@ -88,3 +90,51 @@ def test_folding_refuses_training_mode():
     model = carevision.create_model("care_s0").train()
     with pytest.raises(AssertionError):
         fold_batchnorms(model)
+
+
+def with_trained_heads(model: nn.Module, seed: int = 3) -> nn.Module:
+    """Random weights leave LayerNorm's affine part at identity, which would merge trivially."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            n = m.weight.numel()
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["care_s0", "care_s1", "care_s2"])
+def test_merging_changes_only_rounding_on_every_care_variant(arch):
+    torch.manual_seed(0)
+    model = with_trained_heads(with_trained_statistics(carevision.create_model(arch)))
+    merged = copy.deepcopy(model)
+    blocks = sum(isinstance(m, CAREBlock) for m in model.modules())
+    assert merge_token_mixers(merged) == blocks
+    assert merge_classifier_heads(merged)
+    # one depthwise convolution per mixer, and one classifier matrix, remain
+    assert not any(isinstance(m, (StripConvMixer, LinearAttentionMixer)) for m in merged.modules())
+    assert not hasattr(merged, "dist_head")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert relative(model(x), merged(x)) < 1e-5
+        scripted = torch.jit.freeze(torch.jit.script(merged))
+        assert relative(model(x), scripted(x)) < 1e-5
+        # the rewrite is not a no-op: the same merge with one kernel tap moved differs
+        merged.stages[0].blocks[0].token_mixer.dwconv.weight[0, 0, 5, 4] += 1.0
+        assert relative(model(x), merged(x)) > 1e-3
+
+
+def test_merging_leaves_dense_models_heads_alone_and_keeps_them_exact():
+    torch.manual_seed(0)
+    model = with_trained_statistics(carevision.create_model("care_s0", "segmentation"))
+    merged = copy.deepcopy(model)
+    assert merge_token_mixers(merged) == 18
+    assert not merge_classifier_heads(merged.backbone) and not merge_classifier_heads(merged)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert relative(model(x), merged(x)) < 1e-5
+
+
+def test_merging_is_not_applied_to_cas_vit():
+    model = carevision.create_model("casvit_xs")
+    assert merge_token_mixers(model) == 0 and not merge_classifier_heads(model)
