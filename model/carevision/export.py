@@ -213,7 +213,10 @@ def export(args) -> str:
                          + ("" if args.precision == "fp32" else f"_{args.precision}"))
     model_dir = os.path.join(args.out, name)
     version = args.version or next_version(model_dir)
-    folded, rewrites = inference_copy(model, fold=not args.no_fold_batchnorm, merge=not args.no_merge)
+    # int8 keeps the mixers' parts apart: a merged convolution's one output tensor would share
+    # one quantization scale across parts whose ranges differ.
+    merge = not args.no_merge and args.precision != "int8"
+    folded, rewrites = inference_copy(model, fold=not args.no_fold_batchnorm, merge=merge)
     frozen = script_and_freeze(folded)
     report = verify(model, frozen, args.task, height, width, num_classes)
     report.update(rewrites)
