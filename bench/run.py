@@ -122,7 +122,7 @@ def export(settings):
     return stock, precision
 
 
-def table_precision(fp32_rows, low_rows):
+def table_variants(fp32_rows, low_rows):
     """Per layout and batch: img/s and batch p50 of fp32 and of each variant, with its ratio."""
     low = list(VARIANTS)
     lines = ["| layout | batch | fp32 img/s | " + " | ".join(f"{p} img/s | {p} / fp32" for p in low)
@@ -971,7 +971,7 @@ def main():
         f"above, same flags, median of {settings.repeats}. The fastest precision is what the default repository "
         "should serve (README).",
         "",
-        *table_precision(engine_rows, low_rows),
+        *table_variants(engine_rows, low_rows),
         "",
         "## ONNX Runtime",
         "",

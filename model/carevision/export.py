@@ -28,7 +28,7 @@ import torch
 from . import DEFAULT_NUM_CLASSES, TASKS, create_model, list_backbones
 from .fold import fold_batchnorms, merge_classifier_heads, merge_token_mixers
 from . import guard
-from .precision import PRECISIONS, to_precision
+from .precision import MERGEABLE, PRECISIONS, to_precision
 from .checkpoint import (CheckpointError, infer_head_options, infer_num_classes, load_checkpoint,
                          read_state_dict, sha256_of)
 from .verify import RTOL, compare
@@ -213,10 +213,8 @@ def export(args) -> str:
                          + ("" if args.precision == "fp32" else f"_{args.precision}"))
     model_dir = os.path.join(args.out, name)
     version = args.version or next_version(model_dir)
-    # int8 keeps the mixers' parts apart: a merged convolution's one output tensor would share
-    # one quantization scale across parts whose ranges differ.
-    merge = not args.no_merge and args.precision != "int8"
-    folded, rewrites = inference_copy(model, fold=not args.no_fold_batchnorm, merge=merge)
+    folded, rewrites = inference_copy(model, fold=not args.no_fold_batchnorm,
+                                      merge=not args.no_merge and args.precision in MERGEABLE)
     frozen = script_and_freeze(folded)
     report = verify(model, frozen, args.task, height, width, num_classes)
     report.update(rewrites)

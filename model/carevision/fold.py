@@ -198,8 +198,6 @@ def merge_classifier_heads(model: nn.Module) -> bool:
     if not isinstance(model, CARE) or model.dense or model.heads_merged:
         return False
     h1, h2 = model.head, model.dist_head
-    if h1.norm.eps != h2.norm.eps or not (h1.norm.elementwise_affine and h2.norm.elementwise_affine):
-        return False
     merged = ClassifierHead(h1.fc.in_features, h1.fc.out_features)
     merged.norm = nn.LayerNorm(h1.norm.normalized_shape, eps=h1.norm.eps, elementwise_affine=False)
     with torch.no_grad():

@@ -7,7 +7,9 @@ mask pasting compare scores and coordinates that bf16's 8-bit mantissa would blu
 
 int8 quantizes the same part statically with torch.fx and oneDNN's qconfig (per-channel
 int8 weights, uint8 activations observed on calibration images); the linear attention's
-matrix products stay fp32. The server selects the oneDNN quantized engine to run it.
+matrix products stay fp32, and so do a classifier's heads (a small share of the work, whose
+int8 error would fall straight on the scores). The server selects the oneDNN quantized
+engine to run it.
 """
 import copy
 from typing import Iterable, List, Optional
@@ -16,6 +18,10 @@ import torch
 import torch.nn as nn
 
 PRECISIONS = ("fp32", "bf16", "int8")
+# Precisions whose export may merge CARE's depthwise convolutions (fold.merge_token_mixers).
+# Not int8: a merged convolution has one output tensor, quantized with one scale across parts
+# whose value ranges differ.
+MERGEABLE = ("fp32", "bf16")
 
 
 class Bf16Classifier(nn.Module):
@@ -98,8 +104,6 @@ def to_precision(model: nn.Module, task: str, precision: str,
     low = copy.deepcopy(model).eval()
     if precision == "int8":
         if task == "classification":
-            # The classifier layers stay fp32: their int8 error would land on the scores unaveraged
-            # (the export merges CARE's two heads into one, fold.py) for a small share of the work.
             return _quantize(low, calibration or [], fp32_modules=("head", "dist_head"))
         low.backbone = Int8Features(_quantize(_FeaturesOf(low.backbone), calibration or []))
         return low.eval()

@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
+import carevision
 from carevision.checkpoint import read_state_dict
+from carevision.precision import to_precision
 from carevision.demo import calibration
 from conftest import ROOT
 
@@ -72,6 +74,18 @@ def test_int8_classifier_is_quantized_and_passes_its_guard(tmp_path, images):
     graph = torch.jit.load(str(tmp_path / "fashion" / "1" / "model.pt"))
     assert quantized_ops(tmp_path / "fashion" / "1" / "model.pt") >= 20
     assert graph(torch.randn(2, 3, 64, 64)).dtype == torch.float32
+    # int8 keeps CARE's mixers unmerged (one scale per part) while fp32 merges them
+    assert config["export"]["token_mixers_merged"] == 0
+    assert config["export"]["classifier_heads_merged"] is False
+
+
+def test_int8_keeps_the_classifier_heads_in_fp32():
+    torch.manual_seed(0)
+    model = carevision.create_model("care_s0", num_classes=10).eval()
+    low = to_precision(model, "classification", "int8", [torch.randn(2, 3, 64, 64) for _ in range(2)])
+    assert type(low.head.fc) is torch.nn.Linear and type(low.dist_head.fc) is torch.nn.Linear
+    # while the backbone's 1x1 convolutions are quantized
+    assert "quantized" in type(low.get_submodule("stages.2.blocks.0.inter_layer.inter1_fc1")).__module__
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
