@@ -76,9 +76,10 @@ train-demo: build
 evaluate-demo: build
 	bash scripts/evaluate_demo.sh
 
-# Parameters, GMACs and eager-vs-TorchScript throughput of the model zoo (docs/models.md).
+# Parameters, GMACs and eager-vs-TorchScript throughput of the model zoo (docs/models.md),
+# with tcmalloc as care-server links it (glibc's malloc slows LibTorch several-fold here).
 profile: deps
-	$(PYTHON) -m carevision.profile
+	LD_PRELOAD=libtcmalloc_minimal.so.4 TCMALLOC_RELEASE_RATE=0 $(PYTHON) -m carevision.profile
 
 # Engine ceiling, ONNX Runtime, care-server under care-bench load (closed and open loop), the
 # Python baseline, memory: writes docs/benchmarks.md and docs/bench/*.png (about 30 minutes).
